@@ -1,0 +1,39 @@
+# The two commands of the README: `make run` and `make test`.
+VENV   := .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: venv run test lint format unit clean
+
+# The environment: created when missing, reinstalled when the dependencies change.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The whole bus on the local RabbitMQ, SQLite by default, API on http://127.0.0.1:8008.
+run: venv
+	RELAY_DEV_MODE=$${RELAY_DEV_MODE:-true} $(BIN)/convbus up
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Unit tests only: no broker, no database.
+unit: venv
+	$(BIN)/pytest -m "not integration"
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache convbus.db*

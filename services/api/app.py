@@ -1,0 +1,85 @@
+"""The FastAPI application: lifespan, routes, error handlers, health."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp
+
+from services.api import errors
+from services.api.broker import BrokerLink
+from services.api.deps import Services, ServicesDep
+from services.api.guard import RequestGuard
+from services.api.queries import Reader
+from services.api.routes import router
+from shared.db import create_schema, make_engine
+from shared.errors import DatabaseUnavailable
+from shared.ids import TaskIds, derive_secret
+from shared.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ApiSettings) -> ASGIApp:
+    """The API as an ASGI app (FastAPI behind the request guard)."""
+    api_key = settings.effective_api_key()
+    secret = settings.id_secret.get_secret_value() if settings.id_secret else api_key
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url.get_secret_value())
+        try:
+            await create_schema(engine)
+        except (DatabaseUnavailable, SQLAlchemyError, OSError) as exc:
+            log.warning("database not reachable at start (%s); queries answer 503 until it is", exc)
+        broker = BrokerLink(settings)
+        broker.start()
+        app.state.services = Services(
+            settings=settings,
+            api_key=api_key.encode(),
+            broker=broker,
+            reader=Reader(engine),
+            ids=TaskIds(derive_secret(secret)),
+        )
+        try:
+            yield
+        finally:
+            await broker.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Conversation Bus",
+        version="0.1.0",
+        summary="A RabbitMQ message bus between a master AI, child AI workers and users.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(services: ServicesDep) -> JSONResponse:
+        broker_ok = services.broker.ready
+        try:
+            await services.reader.ping()
+            db_ok = True
+        except DatabaseUnavailable:
+            db_ok = False
+        ok = broker_ok and db_ok
+        body: dict[str, object] = {"status": "ok", "broker": broker_ok, "database": db_ok}
+        if not ok:
+            body.update(status="error", msg="not ready: broker or database unreachable")
+        return JSONResponse(
+            body,
+            status_code=200 if ok else 503,
+        )
+
+    return RequestGuard(app, max_body=settings.max_body_bytes)

@@ -1,0 +1,103 @@
+"""The API's link to RabbitMQ: one connection, one confirming channel, pools declared once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from shared import amqp
+from shared.errors import BrokerUnavailable
+from shared.schemas import Event, TaskMessage
+from shared.settings import ApiSettings
+from shared.topology import Declared, Topology, declare_core, declare_pool
+
+log = logging.getLogger(__name__)
+
+
+class BrokerLink:
+    """Connects in the background (the API serves, answering 503, until RabbitMQ is up)."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
+        self.topo = Topology(settings.namespace)
+        self._stop = asyncio.Event()
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._declared: Declared | None = None
+        self._pools: set[str] = set()
+        self._pool_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._connect(), name="broker-connect")
+
+    async def _connect(self) -> None:
+        try:
+            connection = await amqp.connect_with_retry(self.settings, "convbus-api", self._stop)
+        except BrokerUnavailable:
+            return
+        self._connection = connection
+        channel = await amqp.open_publisher_channel(connection)
+        self._declared = await declare_core(channel, self.topo)
+        self._channel = channel
+        log.info("connected to RabbitMQ, namespace %r", self.settings.namespace)
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._connection is not None:
+            await self._connection.close()
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self._declared is not None and self._channel is not None and not self._channel.is_closed
+        )
+
+    def _require(self) -> Declared:
+        if not self.ready or self._declared is None:
+            raise BrokerUnavailable("RabbitMQ is unreachable")
+        return self._declared
+
+    async def _ensure_pool(self, pool: str) -> None:
+        if pool in self._pools:
+            return
+        async with self._pool_lock:
+            if pool in self._pools:
+                return
+            declared = self._require()
+            assert self._channel is not None
+            with amqp.broker_errors("RabbitMQ did not declare the pool's queue in time"):
+                async with asyncio.timeout(self.settings.publish_timeout):
+                    await declare_pool(self._channel, self.topo, declared, pool)
+            self._pools.add(pool)
+
+    async def publish_task(self, task: TaskMessage, attempt: int = 1) -> None:
+        """Publish a task to its pool (declared first, so it is never confirmed and dropped)."""
+        await self._ensure_pool(task.to)
+        await amqp.publish(
+            self._require().tasks,
+            self.topo.task_routing_key(task.to),
+            task,
+            task.task_id,
+            timeout=self.settings.publish_timeout,
+            message_type="task",
+            headers={amqp.ATTEMPT_HEADER: attempt},
+        )
+
+    async def publish_event(self, event: Event) -> None:
+        """Publish an event for the tracker, confirmed."""
+        await amqp.publish(
+            self._require().events,
+            self.topo.event_routing_key(event.event),
+            event,
+            event.event_id,
+            timeout=self.settings.publish_timeout,
+            message_type="event",
+        )

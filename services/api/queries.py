@@ -1,0 +1,125 @@
+"""What the API reads from (and, for client-chosen task ids, writes to) the database."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from shared.errors import DatabaseUnavailable
+from shared.models import LogEntry, SendKey, Task
+
+_TASKS = Task.__table__  # type: ignore[attr-defined]
+_LOG = LogEntry.__table__  # type: ignore[attr-defined]
+_KEYS = SendKey.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """The filters of GET /logs."""
+
+    limit: int = 100
+    task_id: str | None = None
+    conversation_id: str | None = None
+    sender: str | None = None
+    recipient: str | None = None
+    event: str | None = None
+    after: int | None = None
+
+
+class Reader:
+    """Queries over the tracker's tables."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.begin() if write else self.engine.connect() as conn:
+                yield conn
+        except (SQLAlchemyError, OSError) as exc:
+            raise DatabaseUnavailable(f"database error: {exc.__class__.__name__}") from exc
+
+    async def task(self, task_id: str) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = (await conn.execute(select(_TASKS).where(_TASKS.c.task_id == task_id))).first()
+        return dict(row._mapping) if row is not None else None
+
+    async def task_state(self, task_id: str) -> str | None:
+        async with self._conn() as conn:
+            state: str | None = (
+                await conn.execute(select(_TASKS.c.state).where(_TASKS.c.task_id == task_id))
+            ).scalar_one_or_none()
+        return state
+
+    async def send_key(self, task_id: str) -> tuple[str, bool] | None:
+        """(body hash, confirmed) of a client-chosen task id, if it was ever sent."""
+        async with self._conn() as conn:
+            row = (
+                await conn.execute(
+                    select(_KEYS.c.body_hash, _KEYS.c.confirmed).where(_KEYS.c.task_id == task_id)
+                )
+            ).first()
+        return (row.body_hash, row.confirmed) if row is not None else None
+
+    async def reserve_send_key(self, task_id: str, body_hash: str, now: datetime) -> bool:
+        """Record a client-chosen task id; False if it was already recorded."""
+        stmt = (
+            self._insert(_KEYS)
+            .values(task_id=task_id, body_hash=body_hash, confirmed=False, created_at=now)
+            .on_conflict_do_nothing(index_elements=["task_id"])
+        )
+        async with self._conn(write=True) as conn:
+            result = await conn.execute(stmt)
+        return bool(result.rowcount)
+
+    async def confirm_send_key(self, task_id: str) -> None:
+        async with self._conn(write=True) as conn:
+            await conn.execute(
+                update(_KEYS).where(_KEYS.c.task_id == task_id).values(confirmed=True)
+            )
+
+    async def logs(self, f: LogFilter) -> list[dict[str, Any]]:
+        """Entries matching `f`, oldest first: the last `limit`, or the next ones after `after`."""
+        query: Select[Any] = select(_LOG)
+        if f.task_id is not None:
+            query = query.where(_LOG.c.task_id == f.task_id)
+        if f.conversation_id is not None:
+            # An event of a task (processing, callback) belongs to the task's conversation
+            # even when it does not carry the conversation id itself.
+            in_conversation = select(_TASKS.c.task_id).where(
+                _TASKS.c.conversation_id == f.conversation_id
+            )
+            query = query.where(
+                or_(
+                    _LOG.c.conversation_id == f.conversation_id, _LOG.c.task_id.in_(in_conversation)
+                )
+            )
+        if f.sender is not None:
+            query = query.where(_LOG.c.sender == f.sender)
+        if f.recipient is not None:
+            query = query.where(_LOG.c.recipient == f.recipient)
+        if f.event is not None:
+            query = query.where(_LOG.c.event == f.event)
+        if f.after is not None:
+            query = query.where(_LOG.c.id > f.after).order_by(_LOG.c.id.asc()).limit(f.limit)
+        else:
+            query = query.order_by(_LOG.c.id.desc()).limit(f.limit)
+        async with self._conn() as conn:
+            rows = [dict(r._mapping) for r in await conn.execute(query)]
+        if f.after is None:
+            rows.reverse()
+        return rows
+
+    async def ping(self) -> None:
+        async with self._conn() as conn:
+            await conn.execute(select(1))

@@ -1,0 +1,218 @@
+"""The HTTP endpoints of the contract."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.api.deps import Authorized, Services, ServicesDep
+from services.api.errors import ApiError
+from services.api.queries import LogFilter
+from shared.ids import TASK_PREFIX, callback_event_id, new_event_id, utcnow
+from shared.schemas import (
+    FINAL_STATES,
+    AckRequest,
+    CallbackRequest,
+    CallbackResponse,
+    ErrorResponse,
+    Event,
+    LogsResponse,
+    Ok,
+    SendRequest,
+    SendResponse,
+    TaskMessage,
+    TaskResponse,
+    TaskState,
+    TaskStatusResponse,
+)
+
+router = APIRouter(prefix="/api/relay")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)
+}
+_SEND_FIELDS = {"from_", "to", "type", "cmd", "payload", "text", "conversation_id"}
+MAX_LOG_LIMIT = 1000
+FilterText = Annotated[str | None, Field(max_length=128)]
+
+
+@router.post("/send", response_model=SendResponse, responses=_ERRORS, dependencies=[Authorized])
+async def send(body: SendRequest, services: ServicesDep) -> SendResponse:
+    """Send a task to a child pool, or a message; 200 once RabbitMQ confirmed it."""
+    now = utcnow()
+    fields = body.model_dump(include=_SEND_FIELDS)
+    if body.type == "message":
+        if body.task_id is not None:
+            raise ApiError(400, "task_id applies only to tasks")
+        event = Event(event_id=new_event_id(), event="message", ts=now, **fields)
+        await services.broker.publish_event(event)
+        return SendResponse(task_id=None)
+    if body.task_id is None:
+        task = TaskMessage(task_id=services.ids.new(), created_at=now, **fields)
+        await services.broker.publish_task(task)
+        return SendResponse(task_id=task.task_id)
+    return await _send_with_client_id(body, fields, services)
+
+
+async def _send_with_client_id(
+    body: SendRequest, fields: dict[str, Any], services: Services
+) -> SendResponse:
+    """Publish a task under the client's id once: the same body again creates nothing new."""
+    task_id = body.task_id
+    assert task_id is not None
+    if task_id.startswith(TASK_PREFIX):
+        raise ApiError(422, f"a client-chosen task_id must not start with {TASK_PREFIX!r}")
+    body_hash = hashlib.sha256(
+        json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+    ).hexdigest()
+    if not await services.reader.reserve_send_key(task_id, body_hash, utcnow()):
+        known = await services.reader.send_key(task_id)
+        if known is not None and known[0] != body_hash:
+            raise ApiError(409, "task_id was already sent with another body")
+        if known is not None and known[1]:
+            return SendResponse(task_id=task_id)
+        # Recorded but never confirmed (an earlier attempt got a 503): publish it now.
+    task = TaskMessage(task_id=task_id, created_at=utcnow(), **fields)
+    await services.broker.publish_task(task)
+    await services.reader.confirm_send_key(task_id)
+    return SendResponse(task_id=task_id)
+
+
+async def _known(task_id: str, services: Services) -> str | None:
+    """The task's state; 'pending' if the bus issued it but the tracker has not seen it yet.
+
+    Raises 404 when the bus never issued the id.
+    """
+    state = await services.reader.task_state(task_id)
+    if state is not None:
+        return state
+    issued = services.ids.issued_at(task_id)
+    grace = timedelta(seconds=services.settings.pending_grace_seconds)
+    if issued is not None and utcnow() - issued < grace:
+        return "pending"
+    key = await services.reader.send_key(task_id) if issued is None else None
+    if key is not None and key[1]:
+        return "pending"
+    raise ApiError(404, "task not found")
+
+
+@router.post(
+    "/callback", response_model=CallbackResponse, responses=_ERRORS, dependencies=[Authorized]
+)
+async def callback(body: CallbackRequest, services: ServicesDep) -> CallbackResponse:
+    """A child reports a task's outcome; 200 once the completion is durably on the bus."""
+    state = await _known(body.task_id, services)
+    if state in FINAL_STATES:
+        return CallbackResponse(duplicate=True)
+    event = Event(
+        event_id=callback_event_id(body.task_id),
+        event="callback",
+        ts=utcnow(),
+        task_id=body.task_id,
+        child_id=body.child_id,
+        status=body.status,
+        result=body.result,
+        error=body.error,
+    )
+    await services.broker.publish_event(event)
+    return CallbackResponse()
+
+
+@router.post("/ack", response_model=Ok, responses=_ERRORS, dependencies=[Authorized])
+async def ack(body: AckRequest, services: ServicesDep) -> Ok:
+    """Record that the master or a child saw a task's outcome."""
+    await _known(body.task_id, services)
+    event = Event(
+        event_id=new_event_id(), event="ack", ts=utcnow(), task_id=body.task_id, ack_by=body.ack_by
+    )
+    await services.broker.publish_event(event)
+    return Ok()
+
+
+TaskIdPath = Annotated[str, Path(max_length=128)]
+
+
+@router.get("/task-status/{task_id}", response_model=TaskStatusResponse, responses=_ERRORS)
+async def task_status(task_id: TaskIdPath, services: ServicesDep) -> TaskStatusResponse:
+    """The task's state (seed); never 404 right after a 200 from send."""
+    state: TaskState = await _known(task_id, services)  # type: ignore[assignment]
+    return TaskStatusResponse(task_id=task_id, task_status=state)
+
+
+@router.get("/tasks/{task_id}", response_model=TaskResponse, responses=_ERRORS)
+async def task_record(task_id: TaskIdPath, services: ServicesDep) -> TaskResponse:
+    """The whole record of a task."""
+    row = await services.reader.task(task_id)
+    if row is None:
+        state: TaskState = await _known(task_id, services)  # type: ignore[assignment]
+        return TaskResponse(task_id=task_id, task_status=state)
+    return TaskResponse(
+        task_id=row["task_id"],
+        from_=row["sender"],
+        to=row["recipient"],
+        type=row["type"],
+        cmd=row["cmd"],
+        payload=row["payload"],
+        text=row["text"],
+        conversation_id=row["conversation_id"],
+        task_status=row["state"],
+        attempts=row["attempts"],
+        child_id=row["child_id"],
+        result=row["result"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        completed_at=row["completed_at"],
+    )
+
+
+class LogQuery(BaseModel):
+    """The query of GET /logs."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    limit: int = 100
+    task_id: FilterText = None
+    conversation_id: FilterText = None
+    from_: FilterText = Field(default=None, alias="from")
+    to: FilterText = None
+    event: FilterText = None
+    after: Annotated[int | None, Field(ge=0)] = None
+
+
+@router.get("/logs", response_model=LogsResponse, responses=_ERRORS)
+async def logs(services: ServicesDep, q: Annotated[LogQuery, Query()]) -> LogsResponse:
+    """The last `limit` log entries, oldest first; or, with `after`, the next ones."""
+    if not 1 <= q.limit <= MAX_LOG_LIMIT:
+        raise ApiError(400, f"limit must be an integer from 1 to {MAX_LOG_LIMIT}")
+    rows = await services.reader.logs(
+        LogFilter(
+            limit=q.limit,
+            task_id=q.task_id,
+            conversation_id=q.conversation_id,
+            sender=q.from_,
+            recipient=q.to,
+            event=q.event,
+            after=q.after,
+        )
+    )
+    return LogsResponse(logs=[_entry(r) for r in rows])
+
+
+def _entry(row: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "id": row["id"],
+        "event": row["event"],
+        "ts": row["ts"].isoformat().replace("+00:00", "Z"),
+        "task_id": row["task_id"],
+        "conversation_id": row["conversation_id"],
+        "from": row["sender"],
+        "to": row["recipient"],
+    }
+    for key, value in (row["data"] or {}).items():
+        entry.setdefault(key, value)
+    return {k: v for k, v in entry.items() if v is not None}

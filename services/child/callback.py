@@ -1,0 +1,92 @@
+"""The callback client: POST the outcome to the API, with retries and exponential backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+
+from shared.errors import CallbackFailed, UnknownTask
+from shared.schemas import CallbackRequest, CallbackResponse
+
+log = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-Relay-API-Key"
+
+
+class CallbackClient:
+    """One shared aiohttp session (cheap per request under concurrency, unlike httpx's pool)."""
+
+    def __init__(
+        self,
+        api_base: str,
+        api_key: str,
+        *,
+        attempts: int = 3,
+        backoff: float = 1.0,
+        timeout: float = 10.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.url = api_base.rstrip("/") + "/api/relay/callback"
+        self.attempts = attempts
+        self.backoff = backoff
+        self._headers = {API_KEY_HEADER: api_key, "Content-Type": "application/json"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = session
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def delays(self) -> list[float]:
+        """Seconds to wait before each retry: backoff, twice that, four times, ..."""
+        return [self.backoff * 2**i for i in range(self.attempts - 1)]
+
+    async def send(self, body: CallbackRequest) -> bool:
+        """POST until a 2xx; True if the API called it a duplicate.
+
+        Raises UnknownTask on 404 (retrying cannot help) and CallbackFailed when every
+        attempt failed.
+        """
+        data = body.model_dump_json(exclude_none=True).encode()
+        last = ""
+        for attempt, delay in enumerate([0.0, *self.delays()], start=1):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                async with self._get_session().post(
+                    self.url, data=data, headers=self._headers, timeout=self._timeout
+                ) as response:
+                    text = await response.text()
+                    if 200 <= response.status < 300:
+                        return _is_duplicate(text)
+                    if response.status == 404:
+                        raise UnknownTask(
+                            f"the API does not know task {body.task_id}: {text[:200]}"
+                        )
+                    last = f"HTTP {response.status}: {text[:200]}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = repr(exc)
+            log.warning(
+                "callback for %s failed (attempt %d/%d): %s",
+                body.task_id,
+                attempt,
+                self.attempts,
+                last,
+            )
+        raise CallbackFailed(f"callback for {body.task_id} failed {self.attempts} times: {last}")
+
+
+def _is_duplicate(text: str) -> bool:
+    try:
+        return CallbackResponse.model_validate_json(text).duplicate
+    except ValueError:
+        return False

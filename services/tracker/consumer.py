@@ -1,0 +1,174 @@
+"""The tracker's consumer: events in batches, one transaction each, acked after the commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from services.tracker.lifecycle import Entry
+from services.tracker.store import BadBatch, Store
+from shared import amqp
+from shared.db import create_schema, make_engine
+from shared.errors import BrokerUnavailable, DatabaseUnavailable
+from shared.schemas import Event, TaskMessage
+from shared.settings import TrackerSettings
+from shared.topology import Topology, declare_core
+
+log = logging.getLogger(__name__)
+
+
+def parse(message: AbstractIncomingMessage, topo: Topology) -> Entry:
+    """The entry a message on the tracker's queue stands for; ValidationError if it is poison."""
+    if message.exchange == topo.tasks_exchange:
+        return Entry.from_task(TaskMessage.model_validate_json(message.body))
+    return Entry.from_event(Event.model_validate_json(message.body))
+
+
+class _Stopping(Exception):
+    """The tracker was asked to stop while it waited for the database."""
+
+
+class Tracker:
+    """Consumes the tracker queue into the database until `stop` is set."""
+
+    def __init__(self, settings: TrackerSettings) -> None:
+        self.settings = settings
+        self.topo = Topology(settings.namespace)
+        self.stop = asyncio.Event()
+        self.written = 0
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+
+    async def run(self) -> None:
+        engine = make_engine(self.settings.database_url.get_secret_value())
+        try:
+            store = Store(engine)
+            if not await self._wait_for_schema(store):
+                return
+            connection = await amqp.connect_with_retry(self.settings, "convbus-tracker", self.stop)
+            try:
+                await self._consume(connection, store)
+            except _Stopping:
+                pass
+            finally:
+                await connection.close()
+        except BrokerUnavailable:
+            if not self.stop.is_set():
+                raise
+        finally:
+            await engine.dispose()
+            log.info("tracker stopped after %d new entries", self.written)
+
+    async def _consume(self, connection: AbstractRobustConnection, store: Store) -> None:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=self.settings.batch_size * 2)
+        declared = await declare_core(channel, self.topo)
+        tag = await declared.tracker.consume(self._on_message)
+        log.info("tracker consuming %s", self.topo.tracker_queue)
+        while not self.stop.is_set():
+            batch = await self._next_batch()
+            if batch:
+                await self._record(store, batch)
+        await declared.tracker.cancel(tag)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._inbox.put_nowait(message)
+
+    async def _wait_for_schema(self, store: Store) -> bool:
+        """Create the schema once the database answers; False if stopped before that."""
+        while not self.stop.is_set():
+            try:
+                await create_schema(store.engine)
+                return True
+            except (DatabaseUnavailable, SQLAlchemyError, OSError) as exc:
+                log.warning("database not ready (%s); retrying", exc.__class__.__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.settings.db_retry)
+        return False
+
+    async def _next_batch(self) -> list[AbstractIncomingMessage]:
+        """The next messages: waits for the first, then up to batch_wait for more."""
+        stopping = asyncio.ensure_future(self.stop.wait())
+        first = asyncio.ensure_future(self._inbox.get())
+        try:
+            await asyncio.wait({stopping, first}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not first.done():
+            first.cancel()
+            return []
+        batch = [first.result()]
+        deadline = asyncio.get_running_loop().time() + self.settings.batch_wait
+        while len(batch) < self.settings.batch_size:
+            if self._inbox.empty():
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._inbox.get(), remaining))
+                except TimeoutError:
+                    break
+            else:
+                batch.append(self._inbox.get_nowait())
+        return batch
+
+    async def _record(self, store: Store, batch: list[AbstractIncomingMessage]) -> None:
+        entries: list[tuple[AbstractIncomingMessage, Entry]] = []
+        for message in batch:
+            try:
+                entries.append((message, parse(message, self.topo)))
+            except ValidationError as exc:
+                log.error(
+                    "parking a message that is not a valid task or event (message_id=%s): %s",
+                    message.message_id,
+                    exc.errors(include_input=False)[:3],
+                )
+                await _settle(message, park=True)
+        try:
+            await self._write(store, [e for _, e in entries])
+        except BadBatch:
+            for message, entry in entries:
+                try:
+                    await self._write(store, [entry])
+                except BadBatch as exc:
+                    log.error("parking event %s the database refused: %s", entry.event_id, exc)
+                    await _settle(message, park=True)
+                else:
+                    await _settle(message, park=False)
+            return
+        for message, _ in entries:
+            await _settle(message, park=False)
+
+    async def _write(self, store: Store, entries: Sequence[Entry]) -> None:
+        """Write, waiting out a database outage; raises BadBatch, or _Stopping if stopped."""
+        while True:
+            try:
+                self.written += await store.write(entries)
+                return
+            except DatabaseUnavailable as exc:
+                log.warning("%s; holding %d events unacked", exc, len(entries))
+                if self.stop.is_set():
+                    # Unacked: RabbitMQ hands them to the next tracker when this one closes.
+                    raise _Stopping from exc
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), self.settings.db_retry)
+
+
+async def _settle(message: AbstractIncomingMessage, *, park: bool) -> None:
+    """Ack, or reject into the parked queue; a failed ack is logged (the event comes again)."""
+    try:
+        if park:
+            await message.reject(requeue=False)
+        else:
+            await message.ack()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.error(
+            "could not settle message %s (%r); it will be redelivered", message.message_id, exc
+        )

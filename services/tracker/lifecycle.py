@@ -1,0 +1,160 @@
+"""The task state machine, as pure functions: what one event does to one task row.
+
+``pending -> processing -> completed | failed``, ``processing -> retrying -> processing``.
+Events may arrive in any order (a completion before its send); the result is the same, and
+nothing moves a task out of ``completed`` or ``failed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from shared.schemas import FINAL_STATES, Event, TaskMessage
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing that happened on the bus, as the tracker records it in the log."""
+
+    event_id: str
+    event: str
+    ts: datetime
+    task_id: str | None
+    conversation_id: str | None
+    sender: str | None
+    recipient: str | None
+    data: dict[str, Any]
+    source: TaskMessage | Event = field(repr=False)
+
+    @classmethod
+    def from_task(cls, task: TaskMessage) -> Entry:
+        return cls(
+            event_id=task.task_id,
+            event="send",
+            ts=task.created_at,
+            task_id=task.task_id,
+            conversation_id=task.conversation_id,
+            sender=task.from_,
+            recipient=task.to,
+            data=task.model_dump(
+                mode="json",
+                exclude_none=True,
+                exclude={"task_id", "from_", "to", "conversation_id", "created_at"},
+            ),
+            source=task,
+        )
+
+    @classmethod
+    def from_event(cls, event: Event) -> Entry:
+        return cls(
+            event_id=event.event_id,
+            event=event.event,
+            ts=event.ts,
+            task_id=event.task_id,
+            conversation_id=event.conversation_id,
+            sender=event.from_,
+            recipient=event.to,
+            data=event.model_dump(
+                mode="json",
+                exclude_none=True,
+                exclude={"event_id", "event", "ts", "task_id", "from_", "to", "conversation_id"},
+            ),
+            source=event,
+        )
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """The tracker's view of a task (the columns of the tasks table)."""
+
+    task_id: str
+    state: str
+    created_at: datetime
+    updated_at: datetime
+    sender: str | None = None
+    recipient: str | None = None
+    type: str = "task"
+    cmd: str | None = None
+    payload: dict[str, Any] | None = None
+    text: str | None = None
+    conversation_id: str | None = None
+    attempts: int = 0
+    child_id: str | None = None
+    result: Any = None
+    error: str | None = None
+    send_seen: bool = False
+    completed_at: datetime | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+def _with_send(row: TaskRow, task: TaskMessage) -> TaskRow:
+    return replace(
+        row,
+        sender=task.from_,
+        recipient=task.to,
+        type="task",
+        cmd=task.cmd,
+        payload=task.payload,
+        text=task.text,
+        conversation_id=task.conversation_id,
+        created_at=task.created_at,
+        send_seen=True,
+    )
+
+
+def _touch(row: TaskRow, ts: datetime) -> TaskRow:
+    return replace(row, updated_at=max(row.updated_at, ts))
+
+
+def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
+    """The task row after `entry`; None when the entry concerns no task."""
+    source = entry.source
+    if isinstance(source, TaskMessage):
+        if row is None:
+            return _with_send(
+                TaskRow(
+                    task_id=source.task_id,
+                    state="pending",
+                    created_at=entry.ts,
+                    updated_at=entry.ts,
+                ),
+                source,
+            )
+        return _touch(row if row.send_seen else _with_send(row, source), entry.ts)
+
+    if entry.task_id is None or source.event in ("message", "ack"):
+        return row
+    if row is None:
+        row = TaskRow(
+            task_id=entry.task_id, state="pending", created_at=entry.ts, updated_at=entry.ts
+        )
+    if row.final:
+        return row
+    row = _touch(row, entry.ts)
+    attempts = max(row.attempts, source.attempt or 0)
+    if source.event in ("processing", "retry") and (source.attempt or 0) < row.attempts:
+        return row  # news of an earlier attempt, overtaken by a later one
+    if source.event == "processing":
+        return replace(row, state="processing", attempts=attempts, child_id=source.child_id)
+    if source.event == "retry":
+        return replace(row, state="retrying", attempts=attempts, error=source.error)
+    if source.event == "callback":
+        return replace(
+            row,
+            state="completed" if source.status == "done" else "failed",
+            attempts=max(attempts, 1),
+            child_id=source.child_id or row.child_id,
+            result=source.result,
+            error=source.error,
+            completed_at=entry.ts,
+        )
+    if source.event == "dead":
+        return replace(
+            row, state="failed", attempts=attempts, error=source.error, completed_at=entry.ts
+        )
+    return row

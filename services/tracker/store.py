@@ -1,0 +1,119 @@
+"""Writing a batch of entries to the database in one transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.tracker.lifecycle import Entry, TaskRow, apply
+from shared.errors import DatabaseUnavailable
+from shared.models import LogEntry, Task
+
+log = logging.getLogger(__name__)
+
+_LOG = LogEntry.__table__  # type: ignore[attr-defined]
+_TASKS = Task.__table__  # type: ignore[attr-defined]
+_TASK_COLUMNS = [f.name for f in dataclasses.fields(TaskRow)]
+
+
+class BadBatch(Exception):
+    """The database refused the batch for its content, not for being unreachable."""
+
+
+def _is_unavailable(exc: SQLAlchemyError) -> bool:
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class Store:
+    """Records entries and applies them to task rows, one transaction per batch."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    async def write(self, entries: Sequence[Entry]) -> int:
+        """Record `entries` (duplicates by event id are ignored); how many were new.
+
+        Raises DatabaseUnavailable when the database cannot be reached (retry the batch later)
+        and BadBatch when it refused the content (write the entries one by one to find it).
+        """
+        unique: dict[str, Entry] = {}
+        for entry in entries:
+            unique.setdefault(entry.event_id, entry)
+        if not unique:
+            return 0
+        try:
+            async with self.engine.begin() as conn:
+                new_ids = await self._insert_log(conn, unique.values())
+                fresh = [e for e in unique.values() if e.event_id in new_ids]
+                await self._apply_to_tasks(conn, fresh)
+        except SQLAlchemyError as exc:
+            if _is_unavailable(exc):
+                raise DatabaseUnavailable(
+                    f"database unreachable: {exc.__class__.__name__}"
+                ) from exc
+            raise BadBatch(str(exc)) from exc
+        except OSError as exc:
+            raise DatabaseUnavailable(f"database unreachable: {exc!r}") from exc
+        return len(fresh)
+
+    async def _insert_log(self, conn: AsyncConnection, entries: Iterable[Entry]) -> set[str]:
+        rows = [
+            {
+                "event_id": e.event_id,
+                "event": e.event,
+                "ts": e.ts,
+                "task_id": e.task_id,
+                "conversation_id": e.conversation_id,
+                "sender": e.sender,
+                "recipient": e.recipient,
+                "data": e.data,
+            }
+            for e in entries
+        ]
+        stmt = (
+            self._insert(_LOG)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(_LOG.c.event_id)
+        )
+        result = await conn.execute(stmt, rows)
+        return set(result.scalars().all())
+
+    async def _apply_to_tasks(self, conn: AsyncConnection, entries: list[Entry]) -> None:
+        task_ids = sorted({e.task_id for e in entries if e.task_id is not None})
+        if not task_ids:
+            return
+        found = await conn.execute(select(_TASKS).where(_TASKS.c.task_id.in_(task_ids)))
+        before: dict[str, TaskRow] = {
+            row.task_id: TaskRow(**{c: getattr(row, c) for c in _TASK_COLUMNS}) for row in found
+        }
+        after = dict(before)
+        for entry in entries:
+            if entry.task_id is None:
+                continue
+            new = apply(after.get(entry.task_id), entry)
+            if new is not None:
+                after[entry.task_id] = new
+        inserts = [dataclasses.asdict(r) for tid, r in after.items() if tid not in before]
+        updates = [
+            {f"b_{k}": v for k, v in dataclasses.asdict(r).items()}
+            for tid, r in after.items()
+            if tid in before and r != before[tid]
+        ]
+        if inserts:
+            await conn.execute(self._insert(_TASKS), inserts)
+        if updates:
+            stmt = (
+                update(_TASKS)
+                .where(_TASKS.c.task_id == bindparam("b_task_id"))
+                .values({c: bindparam(f"b_{c}") for c in _TASK_COLUMNS if c != "task_id"})
+            )
+            await conn.execute(stmt, updates)

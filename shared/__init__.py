@@ -1,0 +1,1 @@
+"""What the API, the child runtime and the tracker share: settings, schemas, topology, models."""

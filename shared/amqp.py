@@ -1,0 +1,127 @@
+"""Connecting to RabbitMQ and publishing durably: persistent, confirmed, mandatory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from pydantic import BaseModel
+from yarl import URL
+
+from shared.errors import BrokerUnavailable, PublishRefused
+from shared.settings import BusSettings
+
+log = logging.getLogger(__name__)
+
+#: Header carrying the attempt number of a task (1 for the first delivery).
+ATTEMPT_HEADER = "x-attempt"
+
+
+def amqp_url(settings: BusSettings) -> URL:
+    """The broker URL with this bus's heartbeat, unless the URL sets its own."""
+    url = URL(settings.amqp_url.get_secret_value())
+    if "heartbeat" not in url.query:
+        url = url.update_query(heartbeat=settings.heartbeat)
+    return url
+
+
+def redact(url: URL) -> str:
+    """The URL without its password, for logs."""
+    return str(url.with_password("***") if url.password else url)
+
+
+async def connect(
+    settings: BusSettings,
+    name: str,
+    timeout: float = 10.0,  # noqa: ASYNC109  (the connection's own timeout)
+) -> AbstractRobustConnection:
+    """A connection that reconnects by itself and restores its channels and declarations."""
+    url = amqp_url(settings)
+    try:
+        return await aio_pika.connect_robust(
+            url, timeout=timeout, client_properties={"connection_name": name}
+        )
+    except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
+        raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact(url)}: {exc!r}") from exc
+
+
+async def connect_with_retry(
+    settings: BusSettings, name: str, stop: asyncio.Event | None = None, delay: float = 1.0
+) -> AbstractRobustConnection:
+    """Connect, retrying until it works or `stop` is set (then BrokerUnavailable)."""
+    while True:
+        try:
+            return await connect(settings, name)
+        except BrokerUnavailable as exc:
+            log.warning("%s; retrying in %.0f s", exc, delay)
+            if stop is not None and stop.is_set():
+                raise
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait() if stop else asyncio.sleep(delay), delay)
+            if stop is not None and stop.is_set():
+                raise
+            delay = min(delay * 2, 10.0)
+
+
+@contextlib.contextmanager
+def broker_errors(timeout_msg: str) -> Iterator[None]:
+    """Translate the AMQP library's errors (and a timeout) into the bus's own."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise BrokerUnavailable(timeout_msg) from exc
+    except aiormq.exceptions.DeliveryError as exc:
+        raise PublishRefused(f"RabbitMQ refused the message: {exc!r}") from exc
+    except (
+        aiormq.exceptions.AMQPError,
+        aiormq.exceptions.ChannelInvalidStateError,
+        ConnectionError,
+        OSError,
+    ) as exc:
+        raise BrokerUnavailable(f"RabbitMQ is unreachable: {exc!r}") from exc
+
+
+def encode(model: BaseModel) -> bytes:
+    """The JSON body of a wire model (aliases, so `from` is spelled as in the contract)."""
+    return model.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+async def publish(
+    exchange: AbstractExchange,
+    routing_key: str,
+    model: BaseModel,
+    message_id: str,
+    *,
+    timeout: float,  # noqa: ASYNC109  (bounds the confirm, as the caller's setting says)
+    message_type: str,
+    headers: dict[str, Any] | None = None,
+) -> None:
+    """Publish a persistent JSON message and wait for RabbitMQ's confirm.
+
+    Raises BrokerUnavailable when the broker is unreachable or does not confirm in `timeout`,
+    PublishRefused when it returns (unroutable) or nacks the message.
+    """
+    message = aio_pika.Message(
+        encode(model),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id,
+        type=message_type,
+        headers=headers or {},
+    )
+    with broker_errors(f"RabbitMQ did not confirm within {timeout:g} s"):
+        async with asyncio.timeout(timeout):
+            confirmation = await exchange.publish(message, routing_key, mandatory=True)
+    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+        raise PublishRefused(f"RabbitMQ did not acknowledge the message: {confirmation!r}")
+
+
+async def open_publisher_channel(connection: AbstractRobustConnection) -> AbstractChannel:
+    """A channel with publisher confirms on, where returned messages raise."""
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)

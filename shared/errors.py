@@ -1,0 +1,37 @@
+"""The project's exceptions: one root, a few meaningful subclasses."""
+
+
+class BusError(Exception):
+    """Root of every error the bus raises on purpose."""
+
+
+class ConfigError(BusError):
+    """The settings are missing or inconsistent; the service cannot start."""
+
+
+class BrokerUnavailable(BusError):
+    """RabbitMQ cannot be reached, or did not confirm a publish in time."""
+
+
+class PublishRefused(BusError):
+    """RabbitMQ returned or negatively acknowledged a publish."""
+
+
+class DatabaseUnavailable(BusError):
+    """The tracker's database cannot be reached."""
+
+
+class InvalidMessage(BusError):
+    """A message on the wire is not JSON or does not match its schema."""
+
+
+class UnknownTask(BusError):
+    """A task id the bus never issued."""
+
+
+class TaskConflict(BusError):
+    """A client-chosen task id was sent again with another body."""
+
+
+class CallbackFailed(BusError):
+    """The callback endpoint did not answer 2xx after every attempt."""

@@ -1,0 +1,79 @@
+"""Task and event ids: unique under any concurrency, unguessable, and verifiable without a database.
+
+A task id is ``t_`` + base32(6-byte milliseconds + 10 random bytes) + base32(8-byte HMAC of that).
+The API can tell a task id it issued from a guess by checking the HMAC, so a callback or a
+status query for a task the tracker has not recorded yet is neither refused nor answered 404.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from datetime import UTC, datetime
+
+TASK_PREFIX = "t_"
+_BODY_LEN = 26  # base32 of 16 bytes, unpadded
+_MAC_LEN = 13  # base32 of 8 bytes, unpadded
+TASK_ID_LEN = len(TASK_PREFIX) + _BODY_LEN + _MAC_LEN
+
+
+def _b32(raw: bytes) -> str:
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def _unb32(text: str) -> bytes:
+    return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+
+
+def derive_secret(material: str) -> bytes:
+    """A signing key derived from a configured secret (the API key when no id secret is set)."""
+    return hashlib.sha256(b"convbus task ids\x00" + material.encode()).digest()
+
+
+class TaskIds:
+    """Issues and verifies signed task ids."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body, hashlib.sha256).digest()[:8]
+
+    def new(self, now_ms: int | None = None) -> str:
+        """A fresh id: time-ordered prefix, 80 random bits, 64-bit signature."""
+        ms = int(time.time() * 1000) if now_ms is None else now_ms
+        body = ms.to_bytes(6, "big") + secrets.token_bytes(10)
+        return TASK_PREFIX + _b32(body) + _b32(self._mac(body))
+
+    def issued_at(self, task_id: str) -> datetime | None:
+        """When this API issued `task_id`, or None if it is not an id signed with our secret."""
+        if len(task_id) != TASK_ID_LEN or not task_id.startswith(TASK_PREFIX):
+            return None
+        text = task_id[len(TASK_PREFIX) :]
+        try:
+            body = _unb32(text[:_BODY_LEN])
+            mac = _unb32(text[_BODY_LEN:])
+        except ValueError:
+            return None
+        if not hmac.compare_digest(mac, self._mac(body)):
+            return None
+        return datetime.fromtimestamp(int.from_bytes(body[:6], "big") / 1000, tz=UTC)
+
+
+def new_event_id() -> str:
+    """A unique event id, time-ordered by its prefix."""
+    body = int(time.time() * 1000).to_bytes(6, "big") + secrets.token_bytes(10)
+    return "e_" + _b32(body)
+
+
+def callback_event_id(task_id: str) -> str:
+    """The completion's event id is derived from the task: a second callback is a duplicate."""
+    return f"cb_{task_id}"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)

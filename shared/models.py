@@ -1,0 +1,105 @@
+"""The tracker's database: one row per task, one per log entry, one per client-chosen task id."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+JsonColumn = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and read back timezone-aware on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class TaskBase(SQLModel):
+    """What a task row holds."""
+
+    task_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    sender: str | None = Field(default=None, sa_column=Column(String(64)))
+    recipient: str | None = Field(default=None, sa_column=Column(String(64)))
+    type: str = Field(default="task", sa_column=Column(String(16), nullable=False))
+    cmd: str | None = Field(default=None, sa_column=Column(String(128)))
+    payload: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonColumn))
+    text: str | None = Field(default=None, sa_column=Column(Text))
+    conversation_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    state: str = Field(sa_column=Column(String(16), nullable=False))
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    child_id: str | None = Field(default=None, sa_column=Column(String(64)))
+    result: Any = Field(default=None, sa_column=Column(JsonColumn))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    #: False while the task is known only from events that raced ahead of its send.
+    send_seen: bool = Field(default=False, nullable=False)
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    completed_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
+
+
+class Task(TaskBase, table=True):
+    """One row per task."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_conversation", "conversation_id"),
+        Index("ix_tasks_state_updated", "state", "updated_at"),
+    )
+
+
+class LogEntry(SQLModel, table=True):
+    """One row per event on the bus, in the order the tracker recorded them."""
+
+    __tablename__ = "log_entries"
+    __table_args__ = (
+        Index("ix_log_task", "task_id", "id"),
+        Index("ix_log_conversation", "conversation_id", "id"),
+        Index("ix_log_sender", "sender", "id"),
+        Index("ix_log_recipient", "recipient", "id"),
+        Index("ix_log_event", "event", "id"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    event_id: str = Field(sa_column=Column(String(160), nullable=False, unique=True))
+    event: str = Field(sa_column=Column(String(32), nullable=False))
+    ts: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    task_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    conversation_id: str | None = Field(default=None, sa_column=Column(String(128)))
+    sender: str | None = Field(default=None, sa_column=Column(String(64)))
+    recipient: str | None = Field(default=None, sa_column=Column(String(64)))
+    #: The other fields of the event, as they were on the wire.
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JsonColumn, nullable=False))
+
+
+class SendKey(SQLModel, table=True):
+    """A client-chosen task id, recorded by the API before it publishes (idempotent sends)."""
+
+    __tablename__ = "send_keys"
+
+    task_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    body_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    confirmed: bool = Field(default=False, nullable=False)
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))

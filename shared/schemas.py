@@ -1,0 +1,160 @@
+"""Typed bodies: what travels over HTTP and over AMQP."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+Cmd = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Text = Annotated[str, StringConstraints(max_length=100_000)]
+TaskState = Literal["pending", "processing", "retrying", "completed", "failed"]
+FINAL_STATES: frozenset[str] = frozenset({"completed", "failed"})
+EventName = Literal["message", "processing", "callback", "ack", "retry", "dead"]
+
+
+class SendFields(BaseModel):
+    """The fields of a send that a task or a message carries (the seed's request body)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    from_: Name = Field(alias="from")
+    to: Name
+    type: Literal["task", "message"] = "message"
+    cmd: Cmd | None = None
+    payload: dict[str, Any] | None = None
+    text: Text | None = None
+    conversation_id: Ident | None = None
+
+
+class SendRequest(SendFields):
+    """POST /api/relay/send."""
+
+    task_id: Ident | None = Field(
+        default=None,
+        description="Client-chosen id (not `t_…`): sending it again creates nothing new.",
+    )
+
+
+class TaskMessage(SendFields):
+    """A task on the wire: the body of a message on the tasks exchange."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    type: Literal["task", "message"] = "task"
+    task_id: Ident
+    created_at: datetime
+
+
+class Event(BaseModel):
+    """An event on the wire: the body of a message on the events exchange."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    event_id: Ident
+    event: EventName
+    ts: datetime
+    task_id: Ident | None = None
+    conversation_id: Ident | None = None
+    from_: Name | None = Field(default=None, alias="from")
+    to: Name | None = None
+    # message
+    type: Literal["task", "message"] | None = None
+    cmd: Cmd | None = None
+    payload: dict[str, Any] | None = None
+    text: Text | None = None
+    # processing, callback, retry, dead
+    child_id: Name | None = None
+    attempt: int | None = Field(default=None, ge=1)
+    status: Literal["done", "failed"] | None = None
+    result: Any = None
+    error: Text | None = None
+    # ack
+    ack_by: Name | None = None
+
+
+class CallbackRequest(BaseModel):
+    """POST /api/relay/callback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: Ident
+    child_id: Name | None = None
+    status: Literal["done", "failed"] = "done"
+    result: Any = None
+    error: Text | None = None
+
+
+class AckRequest(BaseModel):
+    """POST /api/relay/ack."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: Ident
+    ack_by: Name = "master"
+
+
+class Ok(BaseModel):
+    """A plain success."""
+
+    status: Literal["ok"] = "ok"
+
+
+class SendResponse(Ok):
+    """The answer to a send; `task_id` is null for a message."""
+
+    task_id: str | None
+
+
+class CallbackResponse(Ok):
+    """The answer to a callback; `duplicate` when the task was already final."""
+
+    duplicate: bool = False
+
+
+class TaskStatusResponse(Ok):
+    """The answer of task-status (seed)."""
+
+    task_id: str
+    task_status: TaskState
+
+
+class TaskResponse(BaseModel):
+    """GET /api/relay/tasks/{task_id}: the whole record of a task."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    status: Literal["ok"] = "ok"
+    task_id: str
+    from_: str | None = Field(default=None, alias="from")
+    to: str | None = None
+    type: str = "task"
+    cmd: str | None = None
+    payload: dict[str, Any] | None = None
+    text: str | None = None
+    conversation_id: str | None = None
+    task_status: TaskState
+    attempts: int = 0
+    child_id: str | None = None
+    result: Any = None
+    error: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+class LogsResponse(Ok):
+    """GET /api/relay/logs: entries oldest first."""
+
+    logs: list[dict[str, Any]]
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers."""
+
+    status: Literal["error"] = "error"
+    msg: str
+    errors: list[dict[str, Any]] | None = None

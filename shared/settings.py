@@ -1,0 +1,102 @@
+"""Settings from the environment: one base every service shares, one class per service."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+#: The key the seed published in its README; accepted only in dev mode.
+SEED_DEV_API_KEY = "lynker_relay_secret_2025"
+
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class BusSettings(BaseSettings):
+    """What every service needs: the broker, the namespace, the database, the key."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
+
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    namespace: str = Field(default="relay", pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    database_url: SecretStr = SecretStr("sqlite:///./convbus.db")
+    api_key: SecretStr | None = None
+    dev_mode: bool = False
+    #: Seconds between AMQP heartbeats; a dead connection is noticed in about twice this.
+    heartbeat: int = Field(default=10, ge=1, le=600)
+    log_level: str = "INFO"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def effective_api_key(self) -> str:
+        """The configured key; the seed's key only in dev mode; otherwise refuse to start."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.dev_mode:
+            return SEED_DEV_API_KEY
+        raise ConfigError(
+            "RELAY_API_KEY is not set. Set it to a long random secret, e.g. `export "
+            "RELAY_API_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')`, "
+            "or set RELAY_DEV_MODE=true on a development machine to use the seed's dev key."
+        )
+
+
+class ApiSettings(BusSettings):
+    """The HTTP API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8008, ge=1, le=65535)
+    #: Seconds to wait for RabbitMQ's confirm before answering 503.
+    publish_timeout: float = Field(default=5.0, gt=0, le=120)
+    #: Secret that signs task ids; every API replica must share it. Derived from the key if unset.
+    id_secret: SecretStr | None = None
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: How long a signed task id the tracker has not seen yet still reads as `pending`.
+    pending_grace_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+
+    @field_validator("id_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class ChildSettings(BusSettings):
+    """The child worker runtime."""
+
+    #: Where the child finds the API (the seed's name).
+    api_base: str = Field(
+        default="http://127.0.0.1:8008",
+        validation_alias=AliasChoices("LYNKER_API_BASE", "RELAY_API_BASE"),
+    )
+    prefetch: int = Field(default=32, ge=1, le=10_000)
+    callback_attempts: int = Field(default=3, ge=1, le=20)
+    #: Delay before the second callback attempt; it doubles each time (1 s, 2 s, 4 s).
+    callback_backoff: float = Field(default=1.0, ge=0, le=300)
+    callback_timeout: float = Field(default=10.0, gt=0, le=300)
+    child_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
+    #: Seconds a stopping child waits for in-flight tasks before leaving them for redelivery.
+    shutdown_grace: float = Field(default=30.0, ge=0)
+
+    @cached_property
+    def worker_name(self) -> str:
+        """This worker's child_id: the configured one, or host and pid."""
+        return self.child_id or f"{socket.gethostname()[:40]}-{os.getpid()}"
+
+
+class TrackerSettings(BusSettings):
+    """The tracker."""
+
+    #: Most events written in one transaction.
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    #: Seconds the tracker waits to fill a batch once it has the first event.
+    batch_wait: float = Field(default=0.02, ge=0, le=10)
+    #: Seconds between reconnect attempts when the database is down.
+    db_retry: float = Field(default=1.0, gt=0, le=60)

@@ -1,0 +1,157 @@
+"""Every exchange, queue, binding and queue argument of the bus, declared in one place.
+
+Names (``ns`` is RELAY_NAMESPACE):
+
+- ``{ns}.tasks``   topic exchange; a task is published with routing key = its pool.
+- ``{ns}.events``  topic exchange; an event is published with routing key = its event name.
+- ``{ns}.dead``    direct exchange; what a queue sets aside goes here, keyed by the parked queue.
+- ``{ns}.pool.{pool}``         quorum queue of a child pool, bound to tasks with key ``{pool}``.
+- ``{ns}.tracker``             quorum queue of the tracker (single active consumer), bound to
+                               tasks and events with ``#``: every send and every event.
+- ``{queue}.parked``           quorum queue where ``{queue}`` sets aside poison messages.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
+
+POOL_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+#: A message delivered this many times without an ack (crash loops) is set aside.
+DELIVERY_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The names and arguments of one bus namespace."""
+
+    namespace: str
+
+    @property
+    def tasks_exchange(self) -> str:
+        return f"{self.namespace}.tasks"
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.namespace}.dead"
+
+    @property
+    def tracker_queue(self) -> str:
+        return f"{self.namespace}.tracker"
+
+    def pool_queue(self, pool: str) -> str:
+        if not POOL_PATTERN.match(pool):
+            raise ValueError(f"invalid pool name {pool!r}")
+        return f"{self.namespace}.pool.{pool}"
+
+    @staticmethod
+    def parked_queue(queue: str) -> str:
+        return f"{queue}.parked"
+
+    @staticmethod
+    def task_routing_key(pool: str) -> str:
+        return pool
+
+    @staticmethod
+    def event_routing_key(event: str) -> str:
+        return event
+
+    def work_queue_arguments(self, queue: str, **extra: Any) -> dict[str, Any]:
+        """Arguments of a queue whose poison messages are set aside in its parked queue.
+
+        At-least-once dead-lettering (RabbitMQ >= 3.10) needs ``reject-publish`` overflow; with
+        it a message never vanishes between the work queue and the parked queue.
+        """
+        return {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": self.dead_exchange,
+            "x-dead-letter-routing-key": self.parked_queue(queue),
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            **extra,
+        }
+
+    @staticmethod
+    def parked_queue_arguments() -> dict[str, Any]:
+        return {"x-queue-type": "quorum"}
+
+    def tracker_queue_arguments(self) -> dict[str, Any]:
+        return self.work_queue_arguments(self.tracker_queue, **{"x-single-active-consumer": True})
+
+    def pool_queue_arguments(self, pool: str) -> dict[str, Any]:
+        return self.work_queue_arguments(self.pool_queue(pool))
+
+    def names(self, pools: list[str]) -> tuple[list[str], list[str]]:
+        """(exchanges, queues) of this namespace for these pools: what a cleanup deletes."""
+        queues = [self.tracker_queue, self.parked_queue(self.tracker_queue)]
+        for pool in pools:
+            queues += [self.pool_queue(pool), self.parked_queue(self.pool_queue(pool))]
+        return [self.tasks_exchange, self.events_exchange, self.dead_exchange], queues
+
+
+@dataclass
+class Declared:
+    """The exchanges a service publishes to, as declared on its channel."""
+
+    tasks: AbstractExchange
+    events: AbstractExchange
+    dead: AbstractExchange
+    tracker: AbstractQueue
+
+
+async def _declare_with_parking(
+    channel: AbstractChannel,
+    topo: Topology,
+    dead: AbstractExchange,
+    queue: str,
+    args: dict[str, Any],
+) -> AbstractQueue:
+    parked = await channel.declare_queue(
+        topo.parked_queue(queue), durable=True, arguments=topo.parked_queue_arguments()
+    )
+    await parked.bind(dead, routing_key=topo.parked_queue(queue))
+    return await channel.declare_queue(queue, durable=True, arguments=args)
+
+
+async def declare_core(channel: AbstractChannel, topo: Topology) -> Declared:
+    """Declare the exchanges and the tracker's queue: every service does this at start.
+
+    The tracker's queue is declared by all, so that no send is routed before it exists.
+    """
+    tasks = await channel.declare_exchange(topo.tasks_exchange, ExchangeType.TOPIC, durable=True)
+    events = await channel.declare_exchange(topo.events_exchange, ExchangeType.TOPIC, durable=True)
+    dead = await channel.declare_exchange(topo.dead_exchange, ExchangeType.DIRECT, durable=True)
+    tracker = await _declare_with_parking(
+        channel, topo, dead, topo.tracker_queue, topo.tracker_queue_arguments()
+    )
+    await tracker.bind(tasks, routing_key="#")
+    await tracker.bind(events, routing_key="#")
+    return Declared(tasks=tasks, events=events, dead=dead, tracker=tracker)
+
+
+async def declare_pool(
+    channel: AbstractChannel, topo: Topology, declared: Declared, pool: str
+) -> AbstractQueue:
+    """Declare a pool's queue and its parked queue, bound to the tasks exchange."""
+    queue = await _declare_with_parking(
+        channel, topo, declared.dead, topo.pool_queue(pool), topo.pool_queue_arguments(pool)
+    )
+    await queue.bind(declared.tasks, routing_key=topo.task_routing_key(pool))
+    return queue
+
+
+async def delete_namespace(channel: AbstractChannel, topo: Topology, pools: list[str]) -> None:
+    """Delete every exchange and queue of the namespace for these pools (tests, teardown)."""
+    exchanges, queues = topo.names(pools)
+    for queue in queues:
+        await channel.queue_delete(queue)
+    for exchange in exchanges:
+        await channel.exchange_delete(exchange)
