@@ -35,3 +35,7 @@ class TaskConflict(BusError):
 
 class CallbackFailed(BusError):
     """The callback endpoint did not answer 2xx after every attempt."""
+
+
+class CallbackRefused(BusError):
+    """The API refused the callback's content (4xx): sending it again cannot help."""

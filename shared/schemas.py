@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
@@ -16,7 +16,28 @@ FINAL_STATES: frozenset[str] = frozenset({"completed", "failed"})
 EventName = Literal["message", "processing", "callback", "ack", "retry", "dead"]
 
 
-class SendFields(BaseModel):
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL character hides in `value` (PostgreSQL text and JSONB refuse it)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+class _NoNul(BaseModel):
+    """Refuses NUL characters anywhere, so what the API accepts every database can store."""
+
+    @model_validator(mode="after")
+    def _refuse_nul(self) -> Self:
+        if any(_has_nul(getattr(self, name)) for name in type(self).model_fields):
+            raise ValueError("strings must not contain NUL (\\u0000) characters")
+        return self
+
+
+class SendFields(_NoNul):
     """The fields of a send that a task or a message carries (the seed's request body)."""
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
@@ -76,7 +97,7 @@ class Event(BaseModel):
     ack_by: Name | None = None
 
 
-class CallbackRequest(BaseModel):
+class CallbackRequest(_NoNul):
     """POST /api/relay/callback."""
 
     model_config = ConfigDict(extra="forbid")

@@ -77,10 +77,11 @@ class Reader:
             self._insert(_KEYS)
             .values(task_id=task_id, body_hash=body_hash, confirmed=False, created_at=now)
             .on_conflict_do_nothing(index_elements=["task_id"])
+            .returning(_KEYS.c.task_id)
         )
         async with self._conn(write=True) as conn:
-            result = await conn.execute(stmt)
-        return bool(result.rowcount)
+            inserted = (await conn.execute(stmt)).first()
+        return inserted is not None
 
     async def confirm_send_key(self, task_id: str) -> None:
         async with self._conn(write=True) as conn:

@@ -7,7 +7,7 @@ import logging
 
 import aiohttp
 
-from shared.errors import CallbackFailed, UnknownTask
+from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
 from shared.schemas import CallbackRequest, CallbackResponse
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ class CallbackClient:
     async def send(self, body: CallbackRequest) -> bool:
         """POST until a 2xx; True if the API called it a duplicate.
 
-        Raises UnknownTask on 404 (retrying cannot help) and CallbackFailed when every
-        attempt failed.
+        Raises UnknownTask on 404 and CallbackRefused on another 4xx (retrying cannot help),
+        CallbackFailed when every attempt failed.
         """
         data = body.model_dump_json(exclude_none=True).encode()
         last = ""
@@ -72,6 +72,8 @@ class CallbackClient:
                         raise UnknownTask(
                             f"the API does not know task {body.task_id}: {text[:200]}"
                         )
+                    if 400 <= response.status < 500 and response.status not in (408, 429):
+                        raise CallbackRefused(f"HTTP {response.status}: {text[:500]}")
                     last = f"HTTP {response.status}: {text[:200]}"
             except (aiohttp.ClientError, TimeoutError) as exc:
                 last = repr(exc)

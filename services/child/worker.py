@@ -13,7 +13,13 @@ from pydantic import ValidationError
 from services.child.callback import CallbackClient
 from services.child.handlers import Registry
 from shared import amqp
-from shared.errors import BrokerUnavailable, BusError, CallbackFailed, UnknownTask
+from shared.errors import (
+    BrokerUnavailable,
+    BusError,
+    CallbackFailed,
+    CallbackRefused,
+    UnknownTask,
+)
 from shared.ids import new_event_id, utcnow
 from shared.schemas import CallbackRequest, Event, TaskMessage
 from shared.settings import ChildSettings
@@ -113,10 +119,8 @@ class Worker:
         try:
             try:
                 verdict = await self._verdict(message)
-            except BusError as exc:
-                log.error(
-                    "task %s not done (%s); it goes back to the queue", message.message_id, exc
-                )
+            except Exception:  # CancelledError is not an Exception: it passes
+                log.exception("task %s not done; it goes back to the queue", message.message_id)
                 verdict = Verdict.REQUEUE
             await self._settle(message, verdict)
         finally:
@@ -138,7 +142,13 @@ class Worker:
         processing = asyncio.create_task(self._publish_processing(task, attempt))
         outcome = await self._run_handler(task)
         try:
-            await self.callback.send(outcome)
+            try:
+                await self.callback.send(outcome)
+            except CallbackRefused as exc:
+                log.error(
+                    "the API refused the result of %s (%s); reporting failure", task.task_id, exc
+                )
+                await self.callback.send(_failed(task, self.child_id, f"result refused: {exc}"))
         except UnknownTask as exc:
             log.error("parking task %s: %s", task.task_id, exc)
             return Verdict.PARK
@@ -157,15 +167,15 @@ class Worker:
             raise
         except Exception as exc:
             log.warning("handler for %s (cmd %r) raised %r", task.task_id, task.cmd, exc)
-            return CallbackRequest(
-                task_id=task.task_id,
-                child_id=self.child_id,
-                status="failed",
-                error=f"{exc.__class__.__name__}: {exc}"[:10_000],
+            return _failed(task, self.child_id, f"{exc.__class__.__name__}: {exc}")
+        try:
+            done = CallbackRequest(
+                task_id=task.task_id, child_id=self.child_id, status="done", result=result
             )
-        return CallbackRequest(
-            task_id=task.task_id, child_id=self.child_id, status="done", result=result
-        )
+            done.model_dump_json()
+        except ValueError as exc:  # pydantic's validation and serialization errors
+            return _failed(task, self.child_id, f"handler result refused: not JSON the bus can store: {exc}")
+        return done
 
     async def _publish_processing(self, task: TaskMessage, attempt: int) -> None:
         """Tell the tracker the task started; best effort (the completion is what counts)."""
@@ -209,3 +219,9 @@ class Worker:
                 message.message_id,
                 exc,
             )
+
+
+def _failed(task: TaskMessage, child_id: str, error: str) -> CallbackRequest:
+    return CallbackRequest(
+        task_id=task.task_id, child_id=child_id, status="failed", error=error[:10_000]
+    )

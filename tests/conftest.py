@@ -1,0 +1,312 @@
+"""Fixtures: the real RabbitMQ and databases, a namespace per test, and the bus's processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pika
+import psycopg
+import pytest
+
+from shared.topology import Topology
+
+AMQP_URL = os.environ.get("RELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+PG_ADMIN_URL = os.environ.get("RELAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+API_KEY = "test-key-" + uuid.uuid4().hex
+TESTS = Path(__file__).parent
+
+
+def unavailable(what: str, why: str) -> None:
+    """Fail under CI (a missing service there is a broken CI), skip on a developer's machine."""
+    message = f"{what} unavailable: {why}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False)
+    return probe.returncode == 0
+
+
+def amqp_reachable(url: str) -> str | None:
+    """None when RabbitMQ answers at `url`, else why not."""
+    try:
+        params = pika.URLParameters(url)
+        params.socket_timeout = 3
+        params.connection_attempts = 1
+        pika.BlockingConnection(params).close()
+    except Exception as exc:  # any failure means "not reachable" here
+        return repr(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """The broker: RELAY_TEST_AMQP_URL (default the local one), else a testcontainer."""
+    why = amqp_reachable(AMQP_URL)
+    if why is None:
+        yield AMQP_URL
+        return
+    if docker_available():
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        with RabbitMqContainer("rabbitmq:4-management") as container:
+            host = container.get_container_host_ip()
+            port = container.get_exposed_port(5672)
+            yield f"amqp://guest:guest@{host}:{port}/"
+        return
+    unavailable("RabbitMQ", f"{AMQP_URL}: {why}; and no Docker for testcontainers")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """A PostgreSQL superuser URL: RELAY_TEST_PG_URL (default local), else a testcontainer."""
+    try:
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        if docker_available():
+            from testcontainers.postgres import PostgresContainer
+
+            with PostgresContainer("postgres:16", driver=None) as container:
+                yield container.get_connection_url()
+            return
+        unavailable("PostgreSQL", f"{PG_ADMIN_URL}: {exc}; and no Docker for testcontainers")
+    yield PG_ADMIN_URL
+
+
+def _pg_database(admin_url: str) -> Iterator[str]:
+    name = f"convbus_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database per test, on SQLite and on PostgreSQL (created and dropped)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'bus.db'}"
+        return
+    yield from _pg_database(request.getfixturevalue("pg_admin_url"))
+
+
+@dataclass
+class Namespace:
+    """A RELAY_NAMESPACE of its own for one test; what it declared is deleted after."""
+
+    name: str
+    amqp_url: str
+    pools: set[str] = field(default_factory=set)
+
+    @property
+    def topo(self) -> Topology:
+        return Topology(self.name)
+
+    def channel(self) -> Any:
+        connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+        return connection.channel()
+
+    def queue_depth(self, queue: str) -> int:
+        channel = self.channel()
+        try:
+            return int(channel.queue_declare(queue, passive=True).method.message_count)
+        finally:
+            channel.connection.close()
+
+    def publish_raw(self, queue: str, body: bytes, **props: Any) -> None:
+        """Put raw bytes straight into a queue (through the default exchange)."""
+        channel = self.channel()
+        try:
+            channel.confirm_delivery()
+            channel.basic_publish(
+                "", queue, body, pika.BasicProperties(delivery_mode=2, **props), mandatory=True
+            )
+        finally:
+            channel.connection.close()
+
+    def delete(self) -> None:
+        exchanges, queues = self.topo.names(sorted(self.pools))
+        connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+        try:
+            channel = connection.channel()
+            for queue in queues:
+                channel.queue_delete(queue)
+            for exchange in exchanges:
+                channel.exchange_delete(exchange)
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def namespace(amqp_url: str) -> Iterator[Namespace]:
+    ns = Namespace(name=f"t{uuid.uuid4().hex[:12]}", amqp_url=amqp_url)
+    try:
+        yield ns
+    finally:
+        ns.delete()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+@dataclass
+class Proc:
+    """A convbus process started by a test."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+@dataclass
+class Bus:
+    """Starts the real `convbus` processes of one test, all in its namespace."""
+
+    namespace: Namespace
+    database_url: str
+    workdir: Path
+    api_port: int = field(default_factory=free_port)
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "LYNKER_"))}
+        env.update(
+            RELAY_NAMESPACE=self.namespace.name,
+            RELAY_AMQP_URL=self.namespace.amqp_url,
+            RELAY_DATABASE_URL=self.database_url,
+            RELAY_API_KEY=API_KEY,
+            LYNKER_API_BASE=self.api,
+            RELAY_CALLBACK_BACKOFF="0.2",
+            RELAY_BATCH_WAIT="0.01",
+            PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
+        )
+        env.update(extra)
+        return env
+
+    def start(self, name: str, *args: str, **env: str) -> Proc:
+        log = self.workdir / f"{name}-{len(self.procs)}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", *args],
+                env=self.env(**env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_api(self, **env: str) -> Proc:
+        proc = self.start("api", "api", "--port", str(self.api_port), **env)
+        wait_for(lambda: _http_ready(self.api, proc), timeout=30, what="the API to serve")
+        return proc
+
+    def start_tracker(self, **env: str) -> Proc:
+        return self.start("tracker", "tracker", **env)
+
+    def start_child(self, pool: str = "child", *args: str, **env: str) -> Proc:
+        self.namespace.pools.add(pool)
+        return self.start(f"child-{pool}", "child", "--pool", pool, *args, **env)
+
+    def start_all(self, pool: str = "child", **env: str) -> None:
+        self.start_tracker(**env)
+        self.start_child(pool, "--handlers", "bus_handlers:handlers", **env)
+        self.start_api(**env)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def _http_ready(base: str, proc: Proc) -> bool:
+    import httpx
+
+    if proc.popen.poll() is not None:
+        raise AssertionError(f"{proc.name} exited early:\n{proc.output()[-3000:]}")
+    try:
+        return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def bus(namespace: Namespace, database_url: str, tmp_path: Path) -> Iterator[Bus]:
+    """The bus's processes for one test; stopped (and their logs shown) at the end."""
+    instance = Bus(namespace=namespace, database_url=database_url, workdir=tmp_path)
+    try:
+        yield instance
+    finally:
+        instance.stop_all()
+        for proc in instance.procs:
+            print(f"----- {proc.name} (exit {proc.popen.returncode}) -----")
+            print(proc.output()[-4000:])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under integration/ and e2e/ are marked so `-m "not integration"` runs the rest."""
+    for item in items:
+        path = str(item.path)
+        if f"{os.sep}integration{os.sep}" in path or f"{os.sep}e2e{os.sep}" in path:
+            item.add_marker(pytest.mark.integration)
+        if f"{os.sep}e2e{os.sep}" in path:
+            item.add_marker(pytest.mark.e2e)

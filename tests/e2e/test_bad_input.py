@@ -1,0 +1,112 @@
+"""Malformed requests get the contract's error and publish nothing; poison messages are parked."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEY, Bus, wait_for
+from tests.e2e.test_flow import finished, logs, send_task
+
+AUTH = {"X-Relay-API-Key": API_KEY}
+JSON = {**AUTH, "Content-Type": "application/json"}
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+# (path, headers, raw body, expected status)
+BAD_REQUESTS: list[tuple[str, dict[str, str], bytes, int]] = [
+    ("/api/relay/send", JSON, b"{not json", 400),
+    ("/api/relay/send", JSON, b"", 400),
+    ("/api/relay/send", JSON, b"[1, 2]", 422),
+    ("/api/relay/send", JSON, b'"just a string"', 422),
+    ("/api/relay/send", JSON, b"{}", 400),
+    ("/api/relay/send", JSON, b'{"from": "master"}', 400),
+    ("/api/relay/send", JSON, b'{"to": "child"}', 400),
+    ("/api/relay/send", JSON, b'{"from": 5, "to": "child"}', 422),
+    ("/api/relay/send", JSON, b'{"from": "m", "to": "child", "type": "job"}', 422),
+    ("/api/relay/send", JSON, b'{"from": "m", "to": "child", "payload": [1]}', 422),
+    ("/api/relay/send", JSON, b'{"from": "m", "to": "child", "paylod": {}}', 422),
+    ("/api/relay/send", JSON, b'{"from": "m a s", "to": "child"}', 422),
+    ("/api/relay/send", JSON, b'{"from": "m", "to": "child#"}', 422),
+    ("/api/relay/send", JSON, b'{"from": "m", "to": "' + b"c" * 65 + b'"}', 422),
+    ("/api/relay/send", JSON, b'{"from":"m","to":"child","type":"task","task_id":"a b"}', 422),
+    ("/api/relay/send", JSON, b'{"from":"m","to":"u","text":"hi","task_id":"x1"}', 400),
+    ("/api/relay/send", JSON, b"\xff\xfe{}", 400),
+    ("/api/relay/send", JSON, b'{"from":"m","to":"c","text":"a\\u0000b"}', 422),
+    ("/api/relay/send", JSON, b'{"from":"m","to":"c","payload":{"k\\u0000":1}}', 422),
+    (
+        "/api/relay/send",
+        JSON,
+        b'{"from":"m","to":"c","payload":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        400,
+    ),
+    (
+        "/api/relay/send",
+        JSON,
+        b'{"from":"m","to":"c","text":"' + b"x" * (2 * 1024 * 1024) + b'"}',
+        413,
+    ),
+    ("/api/relay/send", {"Content-Type": "application/json"}, b'{"from":"m","to":"c"}', 401),
+    ("/api/relay/send", {**JSON, "X-Relay-API-Key": "wrong"}, b'{"from":"m","to":"c"}', 401),
+    ("/api/relay/callback", JSON, b"{}", 400),
+    ("/api/relay/callback", JSON, b'{"task_id": 7}', 422),
+    ("/api/relay/callback", JSON, b'{"task_id": "t_x", "status": "great"}', 422),
+    ("/api/relay/callback", {"Content-Type": "application/json"}, b'{"task_id": "t_x"}', 401),
+    ("/api/relay/ack", JSON, b'{"ack_by": "master"}', 400),
+]
+
+
+def test_bad_requests_get_the_contract_error_and_publish_nothing(bus: Bus) -> None:
+    bus.start_tracker()
+    bus.start_api()
+    with httpx.Client(base_url=bus.api, timeout=10) as client:
+        for path, headers, body, expected in BAD_REQUESTS:
+            response = client.post(path, content=body, headers=headers)
+            assert response.status_code == expected, (body[:80], response.text[:300])
+            answer = response.json()
+            assert answer["status"] == "error" and isinstance(answer["msg"], str), answer
+            assert answer["msg"] and "detail" not in answer and "Traceback" not in response.text
+        seed_error = client.post(path := "/api/relay/send", content=b"{}", headers=JSON).json()
+        assert seed_error["msg"] == "missing from/to", path
+        unauthorized = client.post("/api/relay/send", json={}, headers={}).json()
+        assert unauthorized == {
+            "status": "error",
+            "msg": "Unauthorized: Invalid or missing API key",
+        }
+        for path in ("/nope", "/api/relay/tasks/t_unknown"):
+            missing = client.get(path)
+            assert missing.status_code == 404 and missing.json()["status"] == "error"
+        assert client.get("/api/relay/send").status_code == 405
+
+        # A marker: once it is in the log, everything sent before it is too; it must be alone.
+        marker = client.post(
+            "/api/relay/send", json={"from": "m", "to": "u", "text": "marker"}, headers=AUTH
+        )
+        assert marker.status_code == 200
+    entries = wait_for(lambda: logs(bus), what="the marker in the log")
+    assert [e.get("text") for e in entries] == ["marker"]
+
+
+def test_poison_messages_are_parked_and_the_rest_flows(bus: Bus) -> None:
+    bus.start_all()
+    topo = bus.namespace.topo
+    pool_queue = topo.pool_queue("child")
+    poison: list[tuple[bytes, dict[str, Any]]] = [
+        (b"\x00not json", {}),
+        (json.dumps({"task_id": "t_x", "cmd": "echo"}).encode(), {"message_id": "t_x"}),
+        (b"[]", {"content_type": "application/json"}),
+    ]
+    for body, props in poison:
+        bus.namespace.publish_raw(pool_queue, body, **props)
+        bus.namespace.publish_raw(topo.tracker_queue, body, **props)
+
+    task_id = send_task(bus, "echo", payload={"after": "poison"})
+    assert wait_for(lambda: finished(bus, task_id))["task_status"] == "completed"
+    wait_for(lambda: bus.namespace.queue_depth(topo.parked_queue(pool_queue)) == 3)
+    wait_for(lambda: bus.namespace.queue_depth(topo.parked_queue(topo.tracker_queue)) == 3)
+    assert bus.namespace.queue_depth(pool_queue) == 0
+    assert bus.namespace.queue_depth(topo.tracker_queue) == 0
+    assert all(p.popen.poll() is None for p in bus.procs)

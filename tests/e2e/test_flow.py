@@ -1,0 +1,242 @@
+"""The whole path on the real processes: send -> child -> callback -> tracker -> status and logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEY, Bus, wait_for
+
+AUTH = {"X-Relay-API-Key": API_KEY}
+
+
+def send(bus: Bus, **body: Any) -> httpx.Response:
+    body.setdefault("from", "master")
+    body.setdefault("to", "child")
+    return httpx.post(f"{bus.api}/api/relay/send", json=body, headers=AUTH, timeout=10)
+
+
+def send_task(bus: Bus, cmd: str = "echo", **body: Any) -> str:
+    response = send(bus, type="task", cmd=cmd, **body)
+    assert response.status_code == 200, response.text
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
+def status(bus: Bus, task_id: str) -> str:
+    response = httpx.get(f"{bus.api}/api/relay/task-status/{task_id}", timeout=5)
+    assert response.status_code == 200, response.text
+    state: str = response.json()["task_status"]
+    return state
+
+
+def record(bus: Bus, task_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{bus.api}/api/relay/tasks/{task_id}", timeout=5)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def logs(bus: Bus, **params: Any) -> list[dict[str, Any]]:
+    response = httpx.get(f"{bus.api}/api/relay/logs", params=params, timeout=5)
+    assert response.status_code == 200, response.text
+    entries: list[dict[str, Any]] = response.json()["logs"]
+    return entries
+
+
+def logs_at_least(bus: Bus, n: int, **params: Any) -> list[dict[str, Any]]:
+    """The log entries matching `params`, once there are at least `n` of them."""
+
+    def enough() -> list[dict[str, Any]] | None:
+        entries = logs(bus, **params)
+        return entries if len(entries) >= n else None
+
+    result: list[dict[str, Any]] = wait_for(enough, what=f"{n} log entries for {params}")
+    return result
+
+
+def finished(bus: Bus, task_id: str) -> dict[str, Any] | None:
+    body = record(bus, task_id)
+    return body if body["task_status"] in ("completed", "failed") else None
+
+
+def test_task_goes_round_trip_and_is_recorded(bus: Bus) -> None:
+    bus.start_all()
+    task_id = send_task(
+        bus,
+        "verify_chart",
+        payload={"user_id": "u123"},
+        text="请验证此命盘",
+        conversation_id="conv-1",
+    )
+    assert task_id.startswith("t_")
+    assert status(bus, task_id) in ("pending", "processing", "completed")  # never 404
+
+    done = wait_for(lambda: finished(bus, task_id), what="the task to complete")
+    assert done["task_status"] == "completed"
+    assert done["result"]["summary"] == "命盘验证完成"
+    assert done["from"] == "master" and done["to"] == "child" and done["cmd"] == "verify_chart"
+    assert done["payload"] == {"user_id": "u123"} and done["text"] == "请验证此命盘"
+    assert done["conversation_id"] == "conv-1"
+    assert done["attempts"] == 1 and done["child_id"]
+    assert done["created_at"] <= done["updated_at"] == done["completed_at"]
+
+    events = logs_at_least(bus, 3, task_id=task_id)
+    assert [e["event"] for e in events] == ["send", "processing", "callback"]
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    assert [e["event"] for e in logs(bus, conversation_id="conv-1")] == [
+        "send",
+        "processing",
+        "callback",
+    ]
+    assert logs(bus, conversation_id="conv-1", event="callback")[0]["result"]["score"] == 0.85
+
+
+def test_handler_error_reports_failed_with_the_error(bus: Bus) -> None:
+    bus.start_all()
+    task_id = send_task(bus, "boom", payload={"why": "bad chart"})
+    done = wait_for(lambda: finished(bus, task_id), what="the task to fail")
+    assert done["task_status"] == "failed"
+    assert "boom: bad chart" in done["error"]
+
+
+def test_results_the_api_cannot_take_end_as_failed(bus: Bus) -> None:
+    bus.start_all()
+    not_json = send_task(bus, "not_json")
+    nul = send_task(bus, "nul")
+    assert "refused: not JSON" in wait_for(lambda: finished(bus, not_json))["error"]
+    assert "refused" in wait_for(lambda: finished(bus, nul))["error"]
+
+
+def test_sync_handler_and_builtins(bus: Bus) -> None:
+    bus.start_all()
+    add = send_task(bus, "sync_add", payload={"a": 2, "b": 3})
+    brief = send_task(bus, "generate_brief", text="hello")
+    other = send_task(bus, "anything_else", payload={"k": "v"})
+    assert wait_for(lambda: finished(bus, add))["result"] == {"sum": 5}
+    assert "hello" in wait_for(lambda: finished(bus, brief))["result"]["brief"]
+    assert wait_for(lambda: finished(bus, other))["result"]["echo"]["payload"] == {"k": "v"}
+
+
+def test_message_lands_in_the_log(bus: Bus) -> None:
+    bus.start_all()
+    response = send(bus, to="user:u123", text="你好", conversation_id="conv-m")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "task_id": None}
+    entry = wait_for(lambda: logs(bus, conversation_id="conv-m"))[0]
+    assert entry["event"] == "message"
+    assert entry["from"] == "master" and entry["to"] == "user:u123" and entry["text"] == "你好"
+
+
+def test_logs_filters_limit_and_after(bus: Bus) -> None:
+    bus.start_all()
+    for i in range(5):
+        assert send(bus, to="user:a", text=f"m{i}", conversation_id="conv-f").status_code == 200
+    wait_for(lambda: len(logs(bus, conversation_id="conv-f")) == 5)
+    last_two = logs(bus, conversation_id="conv-f", limit=2)
+    assert [e["text"] for e in last_two] == ["m3", "m4"]  # the last entries, oldest first
+    after = logs(bus, conversation_id="conv-f", after=last_two[0]["id"])
+    assert [e["text"] for e in after] == ["m4"]
+    assert logs(bus, **{"from": "nobody"}) == []
+    assert len(logs(bus, to="user:a", event="message")) == 5
+    for bad in ("0", "1001", "abc", "-5"):
+        response = httpx.get(f"{bus.api}/api/relay/logs", params={"limit": bad}, timeout=5)
+        assert response.status_code == 400
+        assert response.json()["status"] == "error" and response.json()["msg"]
+
+
+def test_children_on_one_pool_share_the_work(bus: Bus) -> None:
+    bus.start_tracker()
+    for _ in range(2):
+        bus.start_child("child", "--handlers", "bus_handlers:handlers", RELAY_PREFETCH="2")
+    bus.start_api()
+    ids = [send_task(bus, "nap", payload={"seconds": 0.1}) for _ in range(24)]
+    assert len(set(ids)) == 24
+    records = [wait_for(lambda t=t: finished(bus, t), timeout=60) for t in ids]
+    assert {r["task_status"] for r in records} == {"completed"}
+    assert len({r["child_id"] for r in records}) == 2
+
+
+def test_callback_ahead_of_the_tracker_is_accepted_and_kept(bus: Bus) -> None:
+    bus.start_api()  # no tracker, no child yet
+    task_id = send_task(bus, "echo")
+    assert status(bus, task_id) == "pending"  # read-your-writes without the tracker
+    callback = {"task_id": task_id, "child_id": "outside", "status": "done", "result": {"x": 1}}
+    response = httpx.post(f"{bus.api}/api/relay/callback", json=callback, headers=AUTH, timeout=5)
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+
+    bus.start_tracker()
+    done = wait_for(lambda: finished(bus, task_id), what="the tracker to catch up")
+    assert done["task_status"] == "completed" and done["result"] == {"x": 1}
+    assert done["cmd"] == "echo"  # the send, recorded after the completion, filled the fields
+
+    again = httpx.post(f"{bus.api}/api/relay/callback", json=callback, headers=AUTH, timeout=5)
+    assert again.json() == {"status": "ok", "duplicate": True}
+    late = {**callback, "status": "failed", "error": "late"}
+    assert httpx.post(f"{bus.api}/api/relay/callback", json=late, headers=AUTH, timeout=5).json()[
+        "duplicate"
+    ]
+    ack = httpx.post(
+        f"{bus.api}/api/relay/ack", json={"task_id": task_id, "ack_by": "master"}, headers=AUTH
+    )
+    assert ack.status_code == 200
+    entries = logs_at_least(bus, 3, task_id=task_id)
+    assert sorted(e["event"] for e in entries) == ["ack", "callback", "send"]
+    assert record(bus, task_id)["task_status"] == "completed"
+
+
+def test_unknown_task_ids_are_refused(bus: Bus) -> None:
+    bus.start_api()
+    for task_id in ("t_nope", "t_" + "a" * 39, "job-1"):
+        response = httpx.post(
+            f"{bus.api}/api/relay/callback", json={"task_id": task_id}, headers=AUTH, timeout=5
+        )
+        assert response.status_code == 404, response.text
+        assert httpx.get(f"{bus.api}/api/relay/task-status/{task_id}").json() == {
+            "status": "error",
+            "msg": "task not found",
+        }
+
+
+def test_client_chosen_task_id_is_idempotent(bus: Bus) -> None:
+    bus.start_all()
+    body = {"type": "task", "cmd": "echo", "payload": {"n": 1}, "task_id": "job-42"}
+    first = send(bus, **body)
+    second = send(bus, **body)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["task_id"] == second.json()["task_id"] == "job-42"
+    conflict = send(bus, **{**body, "payload": {"n": 2}})
+    assert conflict.status_code == 409 and conflict.json()["status"] == "error"
+    assert wait_for(lambda: finished(bus, "job-42"))["task_status"] == "completed"
+    assert [e["event"] for e in logs(bus, task_id="job-42", event="send")] == ["send"]
+    reserved = send(bus, type="task", cmd="echo", task_id="t_mine")
+    assert reserved.status_code == 422
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_api_answers_503_quickly_when_the_broker_is_down(bus: Bus) -> None:
+    dead = f"amqp://guest:guest@127.0.0.1:{_closed_port()}/"
+    proc = bus.start("api", "api", "--port", str(bus.api_port), RELAY_AMQP_URL=dead)
+    wait_for(lambda: _healthz(bus), timeout=30, what="the API to serve")
+    for body in ({"type": "task", "cmd": "echo"}, {"text": "a message"}):
+        response = send(bus, **body)
+        assert response.status_code == 503
+        assert response.json()["status"] == "error"
+    ready = httpx.get(f"{bus.api}/readyz", timeout=5)
+    assert ready.status_code == 503 and ready.json()["broker"] is False
+    assert proc.popen.poll() is None
+
+
+def _closed_port() -> int:
+    from tests.conftest import free_port
+
+    return free_port()
+
+
+def _healthz(bus: Bus) -> bool:
+    try:
+        return httpx.get(f"{bus.api}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
