@@ -1,6 +1,6 @@
 """Task and event ids: unique under any concurrency, unguessable, and verifiable without a database.
 
-A task id is ``t_`` + base32(6-byte milliseconds + 10 random bytes) + base32(8-byte HMAC of that).
+A task id is ``t_`` + base32hex(6-byte milliseconds + 10 random bytes) + base32hex(8-byte HMAC).
 The API can tell a task id it issued from a guess by checking the HMAC, so a callback or a
 status query for a task the tracker has not recorded yet is neither refused nor answered 404.
 """
@@ -21,11 +21,16 @@ TASK_ID_LEN = len(TASK_PREFIX) + _BODY_LEN + _MAC_LEN
 
 
 def _b32(raw: bytes) -> str:
-    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+    # base32hex keeps byte order in ASCII order, so ids sort by their time prefix.
+    return base64.b32hexencode(raw).decode("ascii").rstrip("=").lower()
 
 
 def _unb32(text: str) -> bytes:
-    return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+    """Decode, accepting only the one canonical spelling (lower case, zero padding bits)."""
+    raw = base64.b32hexdecode(text.upper() + "=" * (-len(text) % 8))
+    if _b32(raw) != text:
+        raise ValueError("not the canonical spelling")
+    return raw
 
 
 def derive_secret(material: str) -> bytes:

@@ -78,7 +78,7 @@ class ChildSettings(BusSettings):
     )
     prefetch: int = Field(default=32, ge=1, le=10_000)
     callback_attempts: int = Field(default=3, ge=1, le=20)
-    #: Delay before the second callback attempt; it doubles each time (1 s, 2 s, 4 s).
+    #: Wait after the first failed callback attempt; it doubles after each (1 s, 2 s, 4 s).
     callback_backoff: float = Field(default=1.0, ge=0, le=300)
     callback_timeout: float = Field(default=10.0, gt=0, le=300)
     child_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")

@@ -19,7 +19,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
 
-POOL_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+POOL_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 #: A message delivered this many times without an ack (crash loops) is set aside.
 DELIVERY_LIMIT = 20
 
@@ -47,7 +47,7 @@ class Topology:
         return f"{self.namespace}.tracker"
 
     def pool_queue(self, pool: str) -> str:
-        if not POOL_PATTERN.match(pool):
+        if not POOL_PATTERN.fullmatch(pool):
             raise ValueError(f"invalid pool name {pool!r}")
         return f"{self.namespace}.pool.{pool}"
 

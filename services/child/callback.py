@@ -47,8 +47,12 @@ class CallbackClient:
             await self._session.close()
 
     def delays(self) -> list[float]:
-        """Seconds to wait before each retry: backoff, twice that, four times, ..."""
-        return [self.backoff * 2**i for i in range(self.attempts - 1)]
+        """Seconds to wait after each failed attempt: backoff, twice that, four times, ...
+
+        As in the seed, the wait follows every failure, the last included: a task whose
+        callback failed goes back to the queue no sooner than that.
+        """
+        return [self.backoff * 2**i for i in range(self.attempts)]
 
     async def send(self, body: CallbackRequest) -> bool:
         """POST until a 2xx; True if the API called it a duplicate.
@@ -58,9 +62,7 @@ class CallbackClient:
         """
         data = body.model_dump_json(exclude_none=True).encode()
         last = ""
-        for attempt, delay in enumerate([0.0, *self.delays()], start=1):
-            if delay:
-                await asyncio.sleep(delay)
+        for attempt, delay in enumerate(self.delays(), start=1):
             try:
                 async with self._get_session().post(
                     self.url, data=data, headers=self._headers, timeout=self._timeout
@@ -84,6 +86,7 @@ class CallbackClient:
                 self.attempts,
                 last,
             )
+            await asyncio.sleep(delay)
         raise CallbackFailed(f"callback for {body.task_id} failed {self.attempts} times: {last}")
 
 

@@ -174,7 +174,9 @@ class Worker:
             )
             done.model_dump_json()
         except ValueError as exc:  # pydantic's validation and serialization errors
-            return _failed(task, self.child_id, f"handler result refused: not JSON the bus can store: {exc}")
+            return _failed(
+                task, self.child_id, f"handler result refused: not JSON the bus can store: {exc}"
+            )
         return done
 
     async def _publish_processing(self, task: TaskMessage, attempt: int) -> None:

@@ -133,10 +133,11 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
         row = TaskRow(
             task_id=entry.task_id, state="pending", created_at=entry.ts, updated_at=entry.ts
         )
-    if row.final:
-        return row
-    row = _touch(row, entry.ts)
     attempts = max(row.attempts, source.attempt or 0)
+    if row.final:
+        # The count of attempts still takes news of one that raced behind the completion.
+        return replace(row, attempts=attempts) if attempts != row.attempts else row
+    row = _touch(row, entry.ts)
     if source.event in ("processing", "retry") and (source.attempt or 0) < row.attempts:
         return row  # news of an earlier attempt, overtaken by a later one
     if source.event == "processing":

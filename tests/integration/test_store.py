@@ -1,0 +1,134 @@
+"""The tracker's writes on SQLite and PostgreSQL: batches, duplicates, events out of order."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.tracker.lifecycle import Entry
+from services.tracker.store import Store
+from shared.db import create_schema, make_engine
+from shared.models import LogEntry, Task
+from shared.schemas import Event, TaskMessage
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+TASKS = Task.__table__  # type: ignore[attr-defined]
+LOG = LogEntry.__table__  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(database_url)
+    await create_schema(engine)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def send(task_id: str, **extra: Any) -> Entry:
+    return Entry.from_task(
+        TaskMessage.model_validate(
+            {"task_id": task_id, "from": "master", "to": "child", "cmd": "echo",
+             "payload": {"n": task_id}, "created_at": T0, **extra}
+        )
+    )  # fmt: skip
+
+
+def event(kind: str, task_id: str, seconds: float, **fields: Any) -> Entry:
+    return Entry.from_event(
+        Event.model_validate(
+            {"event_id": f"{kind}-{task_id}-{seconds}", "event": kind, "task_id": task_id,
+             "ts": T0 + timedelta(seconds=seconds), **fields}
+        )
+    )  # fmt: skip
+
+
+def lifecycle(task_id: str) -> list[Entry]:
+    return [
+        send(task_id),
+        event("processing", task_id, 1, attempt=1, child_id="c1"),
+        event("callback", task_id, 2, status="done", result={"ok": task_id}, child_id="c1"),
+    ]
+
+
+async def rows(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
+    async with engine.connect() as conn:
+        return {r.task_id: dict(r._mapping) for r in await conn.execute(select(TASKS))}
+
+
+async def log_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        count: int = (await conn.execute(select(func.count()).select_from(LOG))).scalar_one()
+        return count
+
+
+async def test_a_batch_of_many_tasks_in_one_write(engine: AsyncEngine) -> None:
+    store = Store(engine)
+    entries = [e for i in range(300) for e in lifecycle(f"t{i}")]
+    assert await store.write(entries) == 900
+    tasks = await rows(engine)
+    assert len(tasks) == 300
+    assert {t["state"] for t in tasks.values()} == {"completed"}
+    assert tasks["t7"]["result"] == {"ok": "t7"} and tasks["t7"]["payload"] == {"n": "t7"}
+    assert tasks["t7"]["completed_at"] == T0 + timedelta(seconds=2)
+
+
+async def test_the_same_events_again_change_nothing(engine: AsyncEngine) -> None:
+    store = Store(engine)
+    entries = lifecycle("t1")
+    assert await store.write(entries) == 3
+    before = await rows(engine)
+    assert await store.write(entries + entries) == 0
+    assert await rows(engine) == before
+    assert await log_count(engine) == 3
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+async def test_any_order_ends_completed_with_the_send_fields(
+    engine: AsyncEngine, order: tuple[int, ...]
+) -> None:
+    store = Store(engine)
+    entries = lifecycle("t1")
+    for index in order:  # one event per transaction, in this order
+        await store.write([entries[index]])
+    task = (await rows(engine))["t1"]
+    assert task["state"] == "completed" and task["attempts"] == 1
+    assert task["cmd"] == "echo" and task["sender"] == "master" and task["send_seen"]
+    assert task["result"] == {"ok": "t1"}
+
+
+async def test_nothing_leaves_a_final_state(engine: AsyncEngine) -> None:
+    store = Store(engine)
+    await store.write([send("t1"), event("callback", "t1", 1, status="failed", error="bad")])
+    await store.write(
+        [
+            event("processing", "t1", 2, attempt=2, child_id="c2"),
+            event("retry", "t1", 3, attempt=2, error="again"),
+            Entry.from_event(
+                Event(event_id="cb2", event="callback", ts=T0, task_id="t1", status="done")
+            ),
+        ]
+    )
+    task = (await rows(engine))["t1"]
+    assert task["state"] == "failed" and task["error"] == "bad"
+    assert await log_count(engine) == 5  # each event is still in the log
+
+
+async def test_messages_and_acks_are_logged_without_a_task_row(engine: AsyncEngine) -> None:
+    store = Store(engine)
+    message = Entry.from_event(
+        Event.model_validate(
+            {"event_id": "m1", "event": "message", "ts": T0, "from": "master", "to": "user:u1",
+             "text": "hello", "conversation_id": "c"}
+        )
+    )  # fmt: skip
+    assert await store.write([message, event("ack", "t9", 1, ack_by="master")]) == 2
+    assert await rows(engine) == {}
+    assert await log_count(engine) == 2

@@ -1,0 +1,222 @@
+"""services/child/callback.py: the callback client against a real local aiohttp server."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from services.child.callback import API_KEY_HEADER, CallbackClient
+from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
+from shared.schemas import CallbackRequest
+
+KEY = "unit-test-key"
+OK = (200, '{"status":"ok"}')
+
+
+@dataclass
+class Api:
+    """A fake API: answers from a script (the last answer repeats) and records requests."""
+
+    base: str = ""
+    script: list[tuple[int, str]] = field(default_factory=lambda: [OK])
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(
+            {
+                "path": request.path,
+                "method": request.method,
+                "key": request.headers.get(API_KEY_HEADER),
+                "content_type": request.headers.get("Content-Type"),
+                "body": await request.read(),
+            }
+        )
+        status, text = self.script[min(len(self.requests), len(self.script)) - 1]
+        return web.Response(status=status, text=text, content_type="application/json")
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Api]:
+    fake = Api()
+    app = web.Application()
+    app.router.add_post("/api/relay/callback", fake.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        fake.base = f"http://{host}:{port}"
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+def make_client(base: str, **kw: Any) -> CallbackClient:
+    kw.setdefault("backoff", 0.01)
+    kw.setdefault("timeout", 5.0)
+    return CallbackClient(base, KEY, **kw)
+
+
+def body(**fields: Any) -> CallbackRequest:
+    return CallbackRequest.model_validate({"task_id": "t_unit", "child_id": "w1"} | fields)
+
+
+async def send(api: Api, request: CallbackRequest | None = None, **kw: Any) -> bool:
+    client = make_client(api.base, **kw)
+    try:
+        return await client.send(request or body())
+    finally:
+        await client.close()
+
+
+def test_delays_double_from_the_backoff() -> None:
+    assert make_client("http://x", attempts=4, backoff=0.5).delays() == [0.5, 1.0, 2.0, 4.0]
+    assert make_client("http://x", attempts=3, backoff=1.0).delays() == [1.0, 2.0, 4.0]  # seed
+
+
+def test_a_single_attempt_waits_once_before_giving_up() -> None:
+    assert make_client("http://x", attempts=1, backoff=2.0).delays() == [2.0]
+
+
+def test_url_is_the_callback_path_under_the_base() -> None:
+    assert make_client("http://h:1/").url == "http://h:1/api/relay/callback"
+    assert make_client("http://h:1").url == "http://h:1/api/relay/callback"
+
+
+async def test_first_2xx_returns_false_after_one_request(api: Api) -> None:
+    assert await send(api) is False
+    assert len(api.requests) == 1
+
+
+async def test_the_request_carries_key_json_and_body(api: Api) -> None:
+    await send(api, body(result={"score": 0.85}))
+    (request,) = api.requests
+    assert request["method"] == "POST"
+    assert request["path"] == "/api/relay/callback"
+    assert request["key"] == KEY
+    assert request["content_type"] == "application/json"
+    assert json.loads(request["body"]) == {
+        "task_id": "t_unit",
+        "child_id": "w1",
+        "status": "done",
+        "result": {"score": 0.85},
+    }
+
+
+async def test_failed_outcome_is_sent_with_its_error(api: Api) -> None:
+    await send(api, body(status="failed", error="KeyError: 'x'"))
+    sent = json.loads(api.requests[0]["body"])
+    assert sent["status"] == "failed"
+    assert sent["error"] == "KeyError: 'x'"
+
+
+async def test_duplicate_answer_returns_true(api: Api) -> None:
+    api.script = [(200, '{"status":"ok","duplicate":true}')]
+    assert await send(api) is True
+
+
+@pytest.mark.parametrize("text", ["", "not json", '{"status":"weird"}', "[]"])
+async def test_2xx_with_an_unexpected_body_is_not_a_duplicate(api: Api, text: str) -> None:
+    api.script = [(200, text)]
+    assert await send(api) is False
+
+
+async def test_other_2xx_statuses_count_as_success(api: Api) -> None:
+    api.script = [(202, '{"status":"ok"}')]
+    assert await send(api) is False
+
+
+async def test_500_twice_then_200_succeeds_on_the_third_attempt(api: Api) -> None:
+    api.script = [(500, "boom"), (500, "boom"), OK]
+    assert await send(api, attempts=3) is False
+    assert len(api.requests) == 3
+    assert all(r["key"] == KEY for r in api.requests)
+    assert len({r["body"] for r in api.requests}) == 1
+
+
+async def test_always_500_raises_after_exactly_attempts_requests(api: Api) -> None:
+    api.script = [(500, '{"status":"error","msg":"internal error"}')]
+    with pytest.raises(CallbackFailed, match=r"failed 4 times: HTTP 500"):
+        await send(api, attempts=4)
+    assert len(api.requests) == 4
+
+
+async def test_a_single_attempt_is_not_retried(api: Api) -> None:
+    api.script = [(503, "down")]
+    with pytest.raises(CallbackFailed):
+        await send(api, attempts=1)
+    assert len(api.requests) == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 409, 413, 422])
+async def test_other_4xx_is_refused_after_one_request(api: Api, status: int) -> None:
+    api.script = [(status, '{"status":"error","msg":"no"}'), OK]
+    with pytest.raises(CallbackRefused, match=f"HTTP {status}"):
+        await send(api, attempts=3)
+    assert len(api.requests) == 1
+
+
+@pytest.mark.parametrize("status", [408, 429])
+async def test_timeout_and_too_many_requests_are_retried(api: Api, status: int) -> None:
+    api.script = [(status, "later"), OK]
+    assert await send(api, attempts=3) is False
+    assert len(api.requests) == 2
+
+
+async def test_404_raises_unknown_task_after_one_request(api: Api) -> None:
+    api.script = [(404, '{"status":"error","msg":"task not found"}'), OK]
+    with pytest.raises(UnknownTask, match="t_unit"):
+        await send(api, attempts=3)
+    assert len(api.requests) == 1
+
+
+async def test_404_after_a_500_stops_retrying(api: Api) -> None:
+    api.script = [(500, "boom"), (404, "nope"), OK]
+    with pytest.raises(UnknownTask):
+        await send(api, attempts=5)
+    assert len(api.requests) == 2
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def test_connection_refused_is_retried_then_callback_failed() -> None:
+    client = make_client(f"http://127.0.0.1:{_closed_port()}", attempts=3)
+    try:
+        with pytest.raises(CallbackFailed, match="failed 3 times"):
+            await client.send(body())
+    finally:
+        await client.close()
+
+
+async def test_a_given_session_is_used(api: Api) -> None:
+    async with aiohttp.ClientSession() as session:
+        client = make_client(api.base, session=session)
+        assert await client.send(body()) is False
+        assert not session.closed
+
+
+async def test_the_client_reopens_a_closed_session(api: Api) -> None:
+    client = make_client(api.base)
+    try:
+        assert await client.send(body()) is False
+        await client.close()
+        assert await client.send(body()) is False
+    finally:
+        await client.close()
+    assert len(api.requests) == 2
+
+
+async def test_close_without_any_request_is_fine() -> None:
+    await make_client("http://127.0.0.1:1").close()

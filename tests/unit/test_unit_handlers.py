@@ -1,0 +1,188 @@
+"""services/child/handlers.py: the handler registry and the built-in handlers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from services.child.handlers import Registry, builtins, echo, load
+from shared.errors import ConfigError
+from shared.schemas import TaskMessage
+
+
+def task(cmd: str | None = "work", **fields: Any) -> TaskMessage:
+    body: dict[str, Any] = {
+        "from": "master",
+        "to": "child",
+        "task_id": "t_unit",
+        "created_at": datetime(2025, 1, 1, tzinfo=UTC),
+        "cmd": cmd,
+    }
+    return TaskMessage.model_validate(body | fields)
+
+
+async def test_async_handler_runs() -> None:
+    registry = Registry()
+
+    @registry.handler("work")
+    async def work(t: TaskMessage) -> dict[str, Any]:
+        return {"got": t.payload}
+
+    assert await registry.run(task(payload={"a": 1})) == {"got": {"a": 1}}
+
+
+async def test_sync_handler_runs_in_a_thread() -> None:
+    registry = Registry()
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    @registry.handler("work")
+    def work(t: TaskMessage) -> str:
+        seen.append(threading.get_ident())
+        return f"sync {t.cmd}"
+
+    assert await registry.run(task()) == "sync work"
+    assert seen and seen[0] != loop_thread
+
+
+async def test_sync_handler_returning_an_awaitable_is_awaited() -> None:
+    registry = Registry()
+
+    async def later(t: TaskMessage) -> str:
+        return "awaited"
+
+    @registry.handler("work")
+    def work(t: TaskMessage) -> Coroutine[Any, Any, str]:
+        return later(t)  # a plain function that hands back a coroutine
+
+    assert await registry.run(task()) == "awaited"
+
+
+async def test_handler_exceptions_propagate() -> None:
+    registry = Registry()
+
+    @registry.handler("work")
+    async def work(t: TaskMessage) -> None:
+        raise KeyError("user_id")
+
+    with pytest.raises(KeyError):
+        await registry.run(task())
+
+
+def test_handler_decorator_returns_the_function() -> None:
+    registry = Registry()
+
+    async def work(t: TaskMessage) -> None:
+        return None
+
+    assert registry.handler("work")(work) is work
+    assert registry.commands() == ["work"]
+
+
+async def test_unknown_cmd_runs_the_fallback() -> None:
+    async def fallback(t: TaskMessage) -> str:
+        return f"fallback {t.cmd}"
+
+    registry = Registry(fallback=fallback)
+    assert await registry.run(task("nobody")) == "fallback nobody"
+
+
+async def test_task_without_cmd_runs_the_fallback() -> None:
+    registry = Registry(fallback=lambda t: "fb")
+    assert await registry.run(task(None)) == "fb"
+
+
+async def test_unknown_cmd_without_fallback_is_a_lookup_error() -> None:
+    registry = Registry()
+    with pytest.raises(LookupError, match="nobody"):
+        await registry.run(task("nobody"))
+
+
+async def test_update_merges_handlers_and_takes_the_other_fallback() -> None:
+    ours = Registry(fallback=lambda t: "our fallback")
+    ours.handler("a")(lambda t: "our a")
+    ours.handler("b")(lambda t: "our b")
+    theirs = Registry(fallback=lambda t: "their fallback")
+    theirs.handler("b")(lambda t: "their b")
+    theirs.handler("c")(lambda t: "their c")
+
+    ours.update(theirs)
+
+    assert ours.commands() == ["a", "b", "c"]
+    assert await ours.run(task("a")) == "our a"
+    assert await ours.run(task("b")) == "their b"
+    assert await ours.run(task("c")) == "their c"
+    assert await ours.run(task("zzz")) == "their fallback"
+
+
+async def test_update_without_fallback_keeps_ours() -> None:
+    ours = Registry(fallback=lambda t: "our fallback")
+    ours.update(Registry())
+    assert await ours.run(task("zzz")) == "our fallback"
+
+
+def test_update_does_not_touch_the_other_registry() -> None:
+    ours = Registry()
+    ours.handler("a")(lambda t: 1)
+    theirs = Registry()
+    theirs.update(ours)
+    theirs.handler("b")(lambda t: 2)
+    assert ours.commands() == ["a"]
+
+
+def test_builtins_commands() -> None:
+    assert builtins.commands() == ["generate_brief", "verify_chart"]
+    assert builtins.fallback is echo
+
+
+async def test_builtin_verify_chart() -> None:
+    result = await builtins.run(task("verify_chart", payload={"user_id": "u1"}))
+    assert result == {"summary": "命盘验证完成", "score": 0.85, "user_id": "u1"}
+
+
+async def test_builtin_verify_chart_without_payload() -> None:
+    result = await builtins.run(task("verify_chart"))
+    assert isinstance(result, dict)
+    assert result["user_id"] is None
+
+
+async def test_builtin_generate_brief() -> None:
+    result = await builtins.run(task("generate_brief", text="x" * 150))
+    assert result == {"brief": "简报: " + "x" * 100, "length": 150}
+
+
+async def test_builtin_generate_brief_without_text() -> None:
+    result = await builtins.run(task("generate_brief"))
+    assert result == {"brief": "简报: 无内容", "length": 0}
+
+
+async def test_builtin_fallback_echoes() -> None:
+    result = await builtins.run(task("anything", payload={"k": [1]}, text="hi"))
+    assert result == {"echo": {"cmd": "anything", "payload": {"k": [1]}, "text": "hi"}}
+
+
+def test_load_a_registry() -> None:
+    assert load("services.child.handlers:builtins") is builtins
+
+
+@pytest.mark.parametrize("spec", ["", "services.child.handlers", "services.child.handlers:", ":x"])
+def test_load_with_a_bad_spec_is_a_config_error(spec: str) -> None:
+    with pytest.raises(ConfigError, match="expected module:attr"):
+        load(spec)
+
+
+def test_load_a_missing_module_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cannot import"):
+        load("no_such_module_for_convbus_tests:registry")
+
+
+@pytest.mark.parametrize(
+    "spec", ["services.child.handlers:echo", "services.child.handlers:no_such_attr", "os:path"]
+)
+def test_load_an_attr_that_is_not_a_registry_is_a_config_error(spec: str) -> None:
+    with pytest.raises(ConfigError, match=r"is not a services\.child\.Registry"):
+        load(spec)

@@ -1,0 +1,298 @@
+"""services/tracker/lifecycle.py: what one event does to one task row."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.tracker.lifecycle import Entry, TaskRow, apply
+from shared.schemas import Event, TaskMessage
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+TASK_ID = "t_unit"
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def send(ts: float = 0, **fields: Any) -> Entry:
+    body: dict[str, Any] = {
+        "from": "master",
+        "to": "child",
+        "cmd": "verify_chart",
+        "payload": {"user_id": 7},
+        "text": "hello",
+        "conversation_id": "conv-1",
+        "task_id": TASK_ID,
+        "created_at": at(ts),
+    }
+    body.update(fields)
+    return Entry.from_task(TaskMessage.model_validate(body))
+
+
+def event(name: str, ts: float, **fields: Any) -> Entry:
+    return Entry.from_event(
+        Event.model_validate(
+            {"event_id": f"e_{name}_{ts}", "event": name, "ts": at(ts), "task_id": TASK_ID} | fields
+        )
+    )
+
+
+def processing(ts: float, attempt: int = 1, child_id: str = "w1") -> Entry:
+    return event("processing", ts, attempt=attempt, child_id=child_id)
+
+
+def retry(ts: float, attempt: int = 1, error: str = "boom") -> Entry:
+    return event("retry", ts, attempt=attempt, error=error)
+
+
+def callback(ts: float, status: str = "done", **fields: Any) -> Entry:
+    return event("callback", ts, status=status, child_id="w1", **fields)
+
+
+def run(entries: Iterable[Entry], row: TaskRow | None = None) -> TaskRow | None:
+    for entry in entries:
+        row = apply(row, entry)
+    return row
+
+
+def final_row(entries: Iterable[Entry]) -> TaskRow:
+    row = run(entries)
+    assert row is not None
+    return row
+
+
+def assert_send_fields(row: TaskRow) -> None:
+    assert row.send_seen is True
+    assert row.sender == "master"
+    assert row.recipient == "child"
+    assert row.type == "task"
+    assert row.cmd == "verify_chart"
+    assert row.payload == {"user_id": 7}
+    assert row.text == "hello"
+    assert row.conversation_id == "conv-1"
+    assert row.created_at == at(0)
+
+
+def test_entry_from_task_carries_the_send() -> None:
+    entry = send()
+    assert entry.event == "send"
+    assert entry.event_id == TASK_ID
+    assert entry.task_id == TASK_ID
+    assert entry.sender == "master"
+    assert entry.recipient == "child"
+    assert entry.conversation_id == "conv-1"
+    assert entry.data == {
+        "type": "task",
+        "cmd": "verify_chart",
+        "payload": {"user_id": 7},
+        "text": "hello",
+    }
+
+
+def test_entry_from_event_keeps_only_the_event_fields_in_data() -> None:
+    entry = processing(1, attempt=2, child_id="w9")
+    assert entry.event == "processing"
+    assert entry.ts == at(1)
+    assert entry.data == {"child_id": "w9", "attempt": 2}
+
+
+def test_send_creates_a_pending_row_with_the_send_fields() -> None:
+    row = final_row([send()])
+    assert row.state == "pending"
+    assert row.task_id == TASK_ID
+    assert row.attempts == 0
+    assert row.child_id is None
+    assert row.completed_at is None
+    assert row.updated_at == at(0)
+    assert row.final is False
+    assert_send_fields(row)
+
+
+def test_processing_moves_to_processing_with_attempts_and_child() -> None:
+    row = final_row([send(), processing(1, attempt=1, child_id="w1")])
+    assert row.state == "processing"
+    assert row.attempts == 1
+    assert row.child_id == "w1"
+    assert row.updated_at == at(1)
+
+
+def test_callback_done_completes_with_result() -> None:
+    row = final_row([send(), processing(1), callback(2, result={"score": 0.85})])
+    assert row.state == "completed"
+    assert row.final is True
+    assert row.result == {"score": 0.85}
+    assert row.error is None
+    assert row.completed_at == at(2)
+    assert row.attempts == 1
+    assert row.child_id == "w1"
+
+
+def test_callback_failed_fails_with_error() -> None:
+    row = final_row([send(), processing(1), callback(2, status="failed", error="KeyError: x")])
+    assert row.state == "failed"
+    assert row.final is True
+    assert row.error == "KeyError: x"
+    assert row.completed_at == at(2)
+
+
+def test_callback_without_processing_counts_one_attempt() -> None:
+    row = final_row([send(), callback(1)])
+    assert row.state == "completed"
+    assert row.attempts == 1
+
+
+def test_retry_then_processing_of_the_next_attempt() -> None:
+    row = final_row([send(), processing(1, 1), retry(2, 1, "timeout")])
+    assert row.state == "retrying"
+    assert row.error == "timeout"
+    row = final_row([send(), processing(1, 1), retry(2, 1), processing(3, 2, "w2")])
+    assert row.state == "processing"
+    assert row.attempts == 2
+    assert row.child_id == "w2"
+
+
+def test_dead_fails_the_task() -> None:
+    row = final_row([send(), processing(1), event("dead", 2, error="poison message")])
+    assert row.state == "failed"
+    assert row.error == "poison message"
+    assert row.completed_at == at(2)
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        processing(10, attempt=2, child_id="w2"),
+        retry(10, attempt=2, error="late retry"),
+        callback(10, status="failed", error="second callback"),
+        callback(10, status="done", result="other"),
+        event("dead", 10, error="late dead"),
+    ],
+    ids=["processing", "retry", "callback-failed", "callback-done", "dead"],
+)
+@pytest.mark.parametrize("status", ["done", "failed"])
+def test_final_states_are_final(late: Entry, status: str) -> None:
+    done = final_row([send(), processing(1), callback(2, status=status, result="r", error="e")])
+    after = apply(done, late)
+    assert after is not None
+    # Only the count of attempts may still grow (news of an attempt that raced behind).
+    assert replace(after, attempts=done.attempts) == done
+
+
+def test_callback_before_send_then_send_fills_the_send_fields() -> None:
+    early = final_row([callback(1, result="r")])
+    assert early.state == "completed"
+    assert early.send_seen is False
+    assert early.sender is None
+    row = final_row([callback(1, result="r"), send(0)])
+    assert row.state == "completed"
+    assert row.result == "r"
+    assert row.completed_at == at(1)
+    assert_send_fields(row)
+
+
+def test_processing_before_send_then_send() -> None:
+    row = final_row([processing(1, child_id="w1"), send(0)])
+    assert row.state == "processing"
+    assert row.child_id == "w1"
+    assert row.attempts == 1
+    assert_send_fields(row)
+
+
+def test_duplicate_send_keeps_the_first_send_fields() -> None:
+    row = final_row([send(0), send(5, cmd="other", text="changed", to="child_bazi")])
+    assert row.state == "pending"
+    assert_send_fields(row)
+
+
+def test_send_after_progress_does_not_reset_the_state() -> None:
+    row = final_row([send(0), processing(1), send(0)])
+    assert row.state == "processing"
+    assert row.attempts == 1
+
+
+def test_older_processing_after_a_newer_one_does_not_regress() -> None:
+    row = final_row([send(), processing(3, attempt=2, child_id="w2"), processing(4, 1, "w1")])
+    assert row.state == "processing"
+    assert row.attempts == 2
+    assert row.child_id == "w2"
+
+
+def test_older_retry_after_a_newer_processing_does_not_regress() -> None:
+    row = final_row([send(), processing(3, attempt=2, child_id="w2"), retry(4, attempt=1)])
+    assert row.state == "processing"
+    assert row.attempts == 2
+    assert row.error is None
+
+
+def test_updated_at_never_goes_back() -> None:
+    row = final_row([send(0), processing(5), retry(2, attempt=1)])
+    assert row.updated_at == at(5)
+
+
+@pytest.mark.parametrize("name", ["message", "ack"])
+def test_message_and_ack_events_leave_the_row_unchanged(name: str) -> None:
+    row = final_row([send(), processing(1)])
+    assert apply(row, event(name, 2, ack_by="master")) is row
+
+
+@pytest.mark.parametrize("name", ["message", "ack"])
+def test_message_and_ack_events_create_no_row(name: str) -> None:
+    assert apply(None, event(name, 2)) is None
+
+
+def test_event_without_task_id_concerns_no_task() -> None:
+    message = Entry.from_event(
+        Event.model_validate(
+            {"event_id": "e_m", "event": "message", "ts": at(0), "from": "master", "to": "user"}
+        )
+    )
+    assert message.task_id is None
+    assert apply(None, message) is None
+
+
+def test_every_order_of_send_processing_callback_ends_completed_with_send_fields() -> None:
+    entries = [send(0), processing(1, attempt=1, child_id="w1"), callback(2, result="ok")]
+    for order in itertools.permutations(entries):
+        row = final_row(order)
+        names = [e.event for e in order]
+        assert row.state == "completed", names
+        assert row.result == "ok", names
+        assert row.attempts == 1, names
+        assert row.child_id == "w1", names
+        assert row.completed_at == at(2), names
+        assert row.updated_at == at(2), names
+        assert_send_fields(row)
+
+
+def _two_attempts() -> list[Entry]:
+    return [
+        send(0),
+        processing(1, attempt=1, child_id="w1"),
+        retry(2, attempt=1),
+        processing(3, attempt=2, child_id="w2"),
+        event("callback", 4, status="failed", child_id="w2", error="handler error"),
+    ]
+
+
+def test_every_order_with_a_retry_ends_failed_with_the_same_outcome() -> None:
+    for order in itertools.permutations(_two_attempts()):
+        row = final_row(order)
+        names = [(e.event, e.data.get("attempt")) for e in order]
+        assert row.state == "failed", names
+        assert row.error == "handler error", names
+        assert row.child_id == "w2", names
+        assert row.completed_at == at(4), names
+        assert row.updated_at == at(4), names
+        assert_send_fields(row)
+
+
+def test_every_order_with_a_retry_counts_the_same_attempts() -> None:
+    attempts = {final_row(order).attempts for order in itertools.permutations(_two_attempts())}
+    assert attempts == {2}

@@ -1,0 +1,176 @@
+"""shared/settings.py: defaults, environment variables, the API key."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from pydantic import ValidationError
+
+from shared.errors import ConfigError
+from shared.settings import (
+    SEED_DEV_API_KEY,
+    ApiSettings,
+    BusSettings,
+    ChildSettings,
+    TrackerSettings,
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RELAY_* or LYNKER_* variable of the machine leaks into these tests."""
+    for name in list(os.environ):
+        if name.upper().startswith(("RELAY_", "LYNKER_")):
+            monkeypatch.delenv(name)
+
+
+def test_bus_defaults() -> None:
+    s = BusSettings()
+    assert s.namespace == "relay"
+    assert s.database_url.get_secret_value().startswith("sqlite")
+    assert s.database_url.get_secret_value() == "sqlite:///./convbus.db"
+    assert s.amqp_url.get_secret_value() == "amqp://guest:guest@127.0.0.1:5672/"
+    assert s.api_key is None
+    assert s.dev_mode is False
+
+
+def test_api_defaults() -> None:
+    s = ApiSettings()
+    assert s.port == 8008
+    assert s.host == "127.0.0.1"
+    assert s.namespace == "relay"
+    assert s.id_secret is None
+
+
+def test_child_defaults() -> None:
+    s = ChildSettings()
+    assert s.api_base == "http://127.0.0.1:8008"
+    assert s.callback_attempts == 3
+    assert s.callback_backoff == 1.0
+
+
+def test_tracker_defaults() -> None:
+    assert TrackerSettings().namespace == "relay"
+
+
+def test_secrets_are_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_API_KEY", "super-secret-value")
+    monkeypatch.setenv("RELAY_AMQP_URL", "amqp://u:hidden-pw@h:5672/")
+    text = repr(BusSettings())
+    assert "super-secret-value" not in text
+    assert "hidden-pw" not in text
+
+
+def test_namespace_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_NAMESPACE", "test_ns-1")
+    assert BusSettings().namespace == "test_ns-1"
+
+
+def test_amqp_and_database_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_AMQP_URL", "amqp://u:p@rabbit:5672/vh")
+    monkeypatch.setenv("RELAY_DATABASE_URL", "postgresql://db/x")
+    s = BusSettings()
+    assert s.amqp_url.get_secret_value() == "amqp://u:p@rabbit:5672/vh"
+    assert s.database_url.get_secret_value() == "postgresql://db/x"
+
+
+def test_api_port_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_PORT", "9100")
+    assert ApiSettings().port == 9100
+
+
+def test_child_api_base_from_seed_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LYNKER_API_BASE", "http://api.example:8123")
+    assert ChildSettings().api_base == "http://api.example:8123"
+
+
+def test_child_api_base_from_relay_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_API_BASE", "http://other:1")
+    assert ChildSettings().api_base == "http://other:1"
+
+
+@pytest.mark.parametrize(
+    "namespace", ["Bad Name", "UPPER", "-leading-dash", "a.b", "a#", "x" * 41, ""]
+)
+def test_invalid_namespace_is_rejected(monkeypatch: pytest.MonkeyPatch, namespace: str) -> None:
+    monkeypatch.setenv("RELAY_NAMESPACE", namespace)
+    with pytest.raises(ValidationError):
+        BusSettings()
+
+
+def test_namespace_with_trailing_newline_is_rejected() -> None:
+    with pytest.raises(ValidationError):
+        BusSettings(namespace="relay\n")
+
+
+def test_configured_api_key_wins_over_dev_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_API_KEY", "my-key")
+    monkeypatch.setenv("RELAY_DEV_MODE", "true")
+    assert BusSettings().effective_api_key() == "my-key"
+
+
+def test_configured_api_key_without_dev_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_API_KEY", "my-key")
+    assert ApiSettings().effective_api_key() == "my-key"
+
+
+def test_dev_mode_gives_the_seed_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_DEV_MODE", "true")
+    assert SEED_DEV_API_KEY == "lynker_relay_secret_2025"
+    assert BusSettings().effective_api_key() == "lynker_relay_secret_2025"
+
+
+def test_no_key_and_no_dev_mode_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="RELAY_API_KEY") as info:
+        BusSettings().effective_api_key()
+    message = str(info.value)
+    assert "export RELAY_API_KEY=" in message
+    assert "RELAY_DEV_MODE=true" in message
+
+
+def test_empty_api_key_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_API_KEY", "")
+    s = BusSettings()
+    assert s.api_key is None
+    with pytest.raises(ConfigError):
+        s.effective_api_key()
+
+
+def test_empty_api_key_in_dev_mode_gives_the_seed_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_API_KEY", "")
+    monkeypatch.setenv("RELAY_DEV_MODE", "1")
+    assert BusSettings().effective_api_key() == SEED_DEV_API_KEY
+
+
+def test_empty_id_secret_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_ID_SECRET", "")
+    assert ApiSettings().id_secret is None
+
+
+def test_worker_name_is_the_configured_child_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_CHILD_ID", "worker-7")
+    assert ChildSettings().worker_name == "worker-7"
+
+
+def test_worker_name_defaults_to_host_and_pid() -> None:
+    name = ChildSettings().worker_name
+    assert name == f"{socket.gethostname()[:40]}-{os.getpid()}"
+
+
+@pytest.mark.parametrize(
+    ("cls", "var", "value"),
+    [
+        (ApiSettings, "RELAY_PORT", "0"),
+        (ApiSettings, "RELAY_PORT", "70000"),
+        (ChildSettings, "RELAY_CALLBACK_ATTEMPTS", "0"),
+        (BusSettings, "RELAY_HEARTBEAT", "0"),
+    ],
+)
+def test_out_of_range_numbers_are_rejected(
+    monkeypatch: pytest.MonkeyPatch, cls: type[BusSettings], var: str, value: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValidationError):
+        cls()

@@ -1,0 +1,155 @@
+"""shared/topology.py: names and queue arguments of one namespace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared.topology import DELIVERY_LIMIT, Topology
+
+
+@pytest.fixture
+def topo() -> Topology:
+    return Topology("ns1")
+
+
+def test_exchange_and_tracker_names_live_under_the_namespace(topo: Topology) -> None:
+    assert topo.tasks_exchange == "ns1.tasks"
+    assert topo.events_exchange == "ns1.events"
+    assert topo.dead_exchange == "ns1.dead"
+    assert topo.tracker_queue == "ns1.tracker"
+
+
+def test_pool_and_parked_queue_names(topo: Topology) -> None:
+    assert topo.pool_queue("child_bazi") == "ns1.pool.child_bazi"
+    assert topo.parked_queue("ns1.pool.child") == "ns1.pool.child.parked"
+    assert topo.parked_queue(topo.tracker_queue) == "ns1.tracker.parked"
+
+
+def test_routing_keys_are_the_pool_and_the_event_name(topo: Topology) -> None:
+    assert topo.task_routing_key("child") == "child"
+    assert topo.event_routing_key("callback") == "callback"
+
+
+def test_two_namespaces_share_no_name() -> None:
+    a_ex, a_q = Topology("a").names(["child"])
+    b_ex, b_q = Topology("b").names(["child"])
+    assert not set(a_ex + a_q) & set(b_ex + b_q)
+
+
+@pytest.mark.parametrize("pool", ["child", "child_bazi", "a.b:c-D9", "x", "p" * 64])
+def test_valid_pool_names_are_accepted(topo: Topology, pool: str) -> None:
+    assert topo.pool_queue(pool) == f"ns1.pool.{pool}"
+
+
+@pytest.mark.parametrize(
+    "pool",
+    ["", "p" * 65, "my pool", " child", "child ", "a#", "#", "a*", "*", "a/b", "pööl", "a\tb"],
+    ids=[
+        "empty",
+        "65-chars",
+        "space",
+        "leading-space",
+        "trailing-space",
+        "hash",
+        "only-hash",
+        "star",
+        "only-star",
+        "slash",
+        "non-ascii",
+        "tab",
+    ],
+)
+def test_invalid_pool_names_raise_value_error(topo: Topology, pool: str) -> None:
+    with pytest.raises(ValueError, match="invalid pool name"):
+        topo.pool_queue(pool)
+
+
+def test_pool_name_with_trailing_newline_is_rejected(topo: Topology) -> None:
+    with pytest.raises(ValueError, match="invalid pool name"):
+        topo.pool_queue("child\n")
+
+
+def test_pool_queue_arguments_validate_the_pool_name(topo: Topology) -> None:
+    with pytest.raises(ValueError):
+        topo.pool_queue_arguments("bad#pool")
+
+
+def test_work_queue_arguments(topo: Topology) -> None:
+    args = topo.work_queue_arguments("ns1.pool.child")
+    assert args == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "ns1.dead",
+        "x-dead-letter-routing-key": "ns1.pool.child.parked",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": DELIVERY_LIMIT,
+    }
+    assert DELIVERY_LIMIT > 1
+
+
+def test_work_queue_arguments_accept_extras(topo: Topology) -> None:
+    args = topo.work_queue_arguments("q", **{"x-foo": 1})
+    assert args["x-foo"] == 1
+    assert args["x-queue-type"] == "quorum"
+
+
+def test_pool_queue_arguments_dead_letter_to_the_pools_parked_queue(topo: Topology) -> None:
+    args = topo.pool_queue_arguments("child")
+    assert args["x-dead-letter-routing-key"] == "ns1.pool.child.parked"
+    assert args["x-dead-letter-exchange"] == topo.dead_exchange
+    assert "x-single-active-consumer" not in args
+
+
+def test_tracker_queue_arguments_add_single_active_consumer(topo: Topology) -> None:
+    args = topo.tracker_queue_arguments()
+    assert args["x-single-active-consumer"] is True
+    assert args["x-dead-letter-routing-key"] == "ns1.tracker.parked"
+    assert args["x-queue-type"] == "quorum"
+    assert args["x-dead-letter-strategy"] == "at-least-once"
+    assert args["x-overflow"] == "reject-publish"
+
+
+def test_parked_queues_are_plain_quorum_queues(topo: Topology) -> None:
+    assert topo.parked_queue_arguments() == {"x-queue-type": "quorum"}
+
+
+def _all_arguments(topo: Topology) -> list[dict[str, Any]]:
+    return [
+        topo.tracker_queue_arguments(),
+        topo.pool_queue_arguments("child"),
+        topo.work_queue_arguments("anything"),
+        topo.parked_queue_arguments(),
+    ]
+
+
+def test_no_priority_argument_anywhere(topo: Topology) -> None:
+    """Quorum queues on RabbitMQ 3.10 refuse x-max-priority."""
+    for args in _all_arguments(topo):
+        assert "x-max-priority" not in args
+        assert args["x-queue-type"] == "quorum"
+
+
+def test_names_lists_what_cleanup_deletes(topo: Topology) -> None:
+    exchanges, queues = topo.names(["child", "child_bazi"])
+    assert exchanges == ["ns1.tasks", "ns1.events", "ns1.dead"]
+    assert queues == [
+        "ns1.tracker",
+        "ns1.tracker.parked",
+        "ns1.pool.child",
+        "ns1.pool.child.parked",
+        "ns1.pool.child_bazi",
+        "ns1.pool.child_bazi.parked",
+    ]
+
+
+def test_names_without_pools_still_lists_the_core(topo: Topology) -> None:
+    exchanges, queues = topo.names([])
+    assert len(exchanges) == 3
+    assert queues == ["ns1.tracker", "ns1.tracker.parked"]
+
+
+def test_every_name_starts_with_the_namespace(topo: Topology) -> None:
+    exchanges, queues = topo.names(["child"])
+    assert all(name.startswith("ns1.") for name in exchanges + queues)
