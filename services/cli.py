@@ -99,9 +99,13 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 def cmd_up(args: argparse.Namespace) -> None:
     """Start the tracker, the API and one child per pool as processes; stop them together."""
-    _settings(ApiSettings).effective_api_key()  # refuse to start without a key, before forking
+    api = _settings(ApiSettings)
+    api.effective_api_key()  # refuse to start without a key, before starting anything
+    port = args.port or api.port
+    # The children call back the API started here, unless told otherwise.
+    os.environ.setdefault("LYNKER_API_BASE", f"http://127.0.0.1:{port}")
     me = [sys.executable, "-m", "services.cli"]
-    commands = [[*me, "tracker"], [*me, "api", *(["--port", str(args.port)] if args.port else [])]]
+    commands = [[*me, "tracker"], [*me, "api", "--port", str(port)]]
     handler_args = [arg for spec in args.handlers or [] for arg in ("--handlers", spec)]
     for pool in args.pools.split(","):
         commands += [[*me, "child", "--pool", pool.strip(), *handler_args]] * args.children

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
@@ -67,7 +74,7 @@ class TaskMessage(SendFields):
 
     type: Literal["task", "message"] = "task"
     task_id: Ident
-    created_at: datetime
+    created_at: AwareDatetime
 
 
 class Event(BaseModel):
@@ -77,7 +84,7 @@ class Event(BaseModel):
 
     event_id: Ident
     event: EventName
-    ts: datetime
+    ts: AwareDatetime
     task_id: Ident | None = None
     conversation_id: Ident | None = None
     from_: Name | None = Field(default=None, alias="from")
@@ -131,9 +138,9 @@ class SendResponse(Ok):
 
 
 class CallbackResponse(Ok):
-    """The answer to a callback; `duplicate` when the task was already final."""
+    """The answer to a callback (seed: `{"status":"ok"}`); `duplicate: true` for a final task."""
 
-    duplicate: bool = False
+    duplicate: bool | None = None
 
 
 class TaskStatusResponse(Ok):

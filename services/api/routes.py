@@ -101,7 +101,11 @@ async def _known(task_id: str, services: Services) -> str | None:
 
 
 @router.post(
-    "/callback", response_model=CallbackResponse, responses=_ERRORS, dependencies=[Authorized]
+    "/callback",
+    response_model=CallbackResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    dependencies=[Authorized],
 )
 async def callback(body: CallbackRequest, services: ServicesDep) -> CallbackResponse:
     """A child reports a task's outcome; 200 once the completion is durably on the bus."""

@@ -92,6 +92,6 @@ class CallbackClient:
 
 def _is_duplicate(text: str) -> bool:
     try:
-        return CallbackResponse.model_validate_json(text).duplicate
+        return CallbackResponse.model_validate_json(text).duplicate is True
     except ValueError:
         return False
