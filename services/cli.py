@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -97,6 +98,60 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         raise SystemExit(f"convbus: {exc}") from exc
 
 
+def cmd_dlq(args: argparse.Namespace) -> None:
+    """Inspect and replay the parking lots."""
+    from services.api.queries import Reader
+    from shared import amqp
+    from shared.db import make_engine
+    from shared.parking import ParkingLots
+    from shared.topology import Topology, declare_core
+
+    settings = _settings(BusSettings)
+    topo = Topology(settings.namespace)
+    if args.action == "purge" and not args.yes:
+        if not sys.stdin.isatty():
+            raise SystemExit("convbus dlq purge: drops parked tasks for good; add --yes to confirm")
+        where = f"pool {args.pool}" if args.pool else "every pool"
+        answer = input(f"Drop every parked task of {where} for good? Type 'yes': ")
+        if answer.strip() != "yes":
+            raise SystemExit("not purged")
+
+    async def main() -> None:
+        if args.pool:
+            pools = [args.pool]
+        else:
+            engine = make_engine(settings.database_url.get_secret_value())
+            try:
+                pools = await Reader(engine).pools()
+            finally:
+                await engine.dispose()
+        connection = await amqp.connect(settings, "convbus-dlq")
+        try:
+            publisher = await amqp.open_publisher_channel(connection)
+            lots = ParkingLots(connection, publisher, await declare_core(publisher, topo), topo)
+            if args.action == "list":
+                for parked in await lots.peek(pools, args.limit):
+                    print(json.dumps(parked.as_dict(), ensure_ascii=False))
+            elif args.action == "show":
+                found = await lots.show(args.task_id, pools)
+                if found is None:
+                    raise SystemExit(f"{args.task_id} is not parked")
+                print(json.dumps(found.as_dict(), ensure_ascii=False, indent=2))
+            elif args.action == "replay":
+                if not args.all and not args.task_id:
+                    raise SystemExit("convbus dlq replay: give a task id, or --all")
+                count = await lots.replay(pools, None if args.all else args.task_id)
+                if count == 0 and not args.all:
+                    raise SystemExit(f"{args.task_id} is not parked")
+                print(f"replayed {count}")
+            else:
+                print(f"purged {await lots.purge(pools)}")
+        finally:
+            await connection.close()
+
+    _run(main())
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     """Start the tracker, the API and one child per pool as processes; stop them together."""
     api = _settings(ApiSettings)
@@ -156,6 +211,26 @@ def parser() -> argparse.ArgumentParser:
 
     tracker = sub.add_parser("tracker", help="record the bus's events in the database")
     tracker.set_defaults(func=cmd_tracker)
+
+    dlq = sub.add_parser("dlq", help="inspect and replay the parking lots")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("list", "the parked tasks, one JSON object a line"),
+        ("show", "one parked task"),
+        ("replay", "send parked tasks back to their pool"),
+        ("purge", "drop parked tasks for good"),
+    ):
+        action = dlq_sub.add_parser(name, help=text)
+        action.add_argument("--pool", help="one pool (default: every pool the bus knows)")
+        if name in ("show", "replay"):
+            action.add_argument("task_id", nargs="?" if name == "replay" else None)
+        if name == "list":
+            action.add_argument("--limit", type=int, default=100)
+        if name == "replay":
+            action.add_argument("--all", action="store_true", help="every parked task")
+        if name == "purge":
+            action.add_argument("--yes", action="store_true", help="do not ask")
+    dlq.set_defaults(func=cmd_dlq)
 
     up = sub.add_parser("up", help="run tracker, API and children together on this machine")
     up.add_argument("--pools", default="child", help="comma-separated pools (default: child)")

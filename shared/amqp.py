@@ -21,6 +21,28 @@ log = logging.getLogger(__name__)
 
 #: Header carrying the attempt number of a task (1 for the first delivery).
 ATTEMPT_HEADER = "x-attempt"
+#: Header of a retried task: the error of the attempt before.
+LAST_ERROR_HEADER = "x-last-error"
+#: Headers of a parked task: why, and the id of the parking (an event id).
+DEAD_REASON_HEADER = "x-dead-reason"
+PARKED_ID_HEADER = "x-parked-id"
+#: Header of a replayed task: how many times it was replayed.
+REPLAYS_HEADER = "x-replays"
+
+
+def header_text(value: object) -> str:
+    """A header value as text ("" when absent)."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return "" if value is None else str(value)
+
+
+def first_death(headers: dict[str, Any]) -> dict[str, Any]:
+    """RabbitMQ's newest x-death record of a dead-lettered message ({} when there is none)."""
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return deaths[0]
+    return {}
 
 
 def amqp_url(settings: BusSettings) -> URL:
@@ -95,20 +117,21 @@ def encode(model: BaseModel) -> bytes:
 async def publish(
     exchange: AbstractExchange,
     routing_key: str,
-    model: BaseModel,
+    body: BaseModel | bytes,
     message_id: str,
     *,
     timeout: float,  # noqa: ASYNC109  (bounds the confirm, as the caller's setting says)
     message_type: str,
     headers: dict[str, Any] | None = None,
 ) -> None:
-    """Publish a persistent JSON message and wait for RabbitMQ's confirm.
+    """Publish a persistent JSON message (a wire model, or a body as it came) and wait for
+    RabbitMQ's confirm.
 
     Raises BrokerUnavailable when the broker is unreachable or does not confirm in `timeout`,
     PublishRefused when it returns (unroutable) or nacks the message.
     """
     message = aio_pika.Message(
-        encode(model),
+        body if isinstance(body, bytes) else encode(body),
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=message_id,

@@ -37,5 +37,17 @@ class CallbackFailed(BusError):
     """The callback endpoint did not answer 2xx after every attempt."""
 
 
+class RetryLater(BusError):
+    """Raised by a handler: try this task again later (after `delay` seconds, or the policy's)."""
+
+    def __init__(self, reason: str = "retry later", delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class NeverRetry(BusError):
+    """Raised by a handler: this task failed for good; report it failed without retrying."""
+
+
 class CallbackRefused(BusError):
     """The API refused the callback's content (4xx): sending it again cannot help."""

@@ -48,6 +48,8 @@ class TaskBase(SQLModel):
     child_id: str | None = Field(default=None, sa_column=Column(String(64)))
     result: Any = Field(default=None, sa_column=Column(JsonColumn))
     error: str | None = Field(default=None, sa_column=Column(Text))
+    #: When a `retrying` task runs next.
+    next_attempt_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
     #: False while the task is known only from events that raced ahead of its send.
     send_seen: bool = Field(default=False, nullable=False)
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
@@ -95,11 +97,15 @@ class LogEntry(SQLModel, table=True):
 
 
 class SendKey(SQLModel, table=True):
-    """A client-chosen task id, recorded by the API before it publishes (idempotent sends)."""
+    """A client's key for a send, recorded by the API before it publishes (idempotent sends).
+
+    `key` is ``task/<client-chosen task id>`` or ``idem/<Idempotency-Key header>``.
+    """
 
     __tablename__ = "send_keys"
 
-    task_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    key: str = Field(sa_column=Column(String(140), primary_key=True))
+    task_id: str = Field(sa_column=Column(String(128), nullable=False))
     body_hash: str = Field(sa_column=Column(String(64), nullable=False))
     confirmed: bool = Field(default=False, nullable=False)
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))

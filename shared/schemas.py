@@ -20,7 +20,7 @@ Cmd = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Text = Annotated[str, StringConstraints(max_length=100_000)]
 TaskState = Literal["pending", "processing", "retrying", "completed", "failed"]
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed"})
-EventName = Literal["message", "processing", "callback", "ack", "retry", "dead"]
+EventName = Literal["message", "processing", "callback", "ack", "retry", "dead", "replay"]
 
 
 def _has_nul(value: Any) -> bool:
@@ -100,6 +100,10 @@ class Event(BaseModel):
     status: Literal["done", "failed"] | None = None
     result: Any = None
     error: Text | None = None
+    # retry: when the next attempt runs
+    next_at: AwareDatetime | None = None
+    # dead, replay: the parking lot involved
+    queue: str | None = None
     # ack
     ack_by: Name | None = None
 
@@ -169,6 +173,7 @@ class TaskResponse(BaseModel):
     child_id: str | None = None
     result: Any = None
     error: str | None = None
+    next_attempt_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
     completed_at: datetime | None = None

@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.retry import RetryPolicies
 
 #: The key the seed published in its README; accepted only in dev mode.
 SEED_DEV_API_KEY = "lynker_relay_secret_2025"
@@ -84,6 +85,12 @@ class ChildSettings(BusSettings):
     child_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
     #: Seconds a stopping child waits for in-flight tasks before leaving them for redelivery.
     shutdown_grace: float = Field(default=30.0, ge=0)
+    #: Retries of failed tasks (RELAY_RETRY, JSON): default, per pool, per command.
+    retry: RetryPolicies = RetryPolicies()
+    #: Folder of the child's record of finished handlers (one SQLite file per pool).
+    state_dir: str = "."
+    #: Days a finished handler's result is kept for redeliveries.
+    state_retention_days: float = Field(default=7.0, gt=0)
 
     @cached_property
     def worker_name(self) -> str:

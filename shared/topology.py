@@ -4,11 +4,15 @@ Names (``ns`` is RELAY_NAMESPACE):
 
 - ``{ns}.tasks``   topic exchange; a task is published with routing key = its pool.
 - ``{ns}.events``  topic exchange; an event is published with routing key = its event name.
-- ``{ns}.dead``    direct exchange; what a queue sets aside goes here, keyed by the parked queue.
+- ``{ns}.dead``    topic exchange; what a queue sets aside goes here, keyed by the parked queue.
 - ``{ns}.pool.{pool}``         quorum queue of a child pool, bound to tasks with key ``{pool}``.
+- ``{ns}.pool.{pool}.parked``  the pool's parking lot: tasks out of retries, poison messages.
+- ``{ns}.pool.{pool}.delay.{ms}``  a retry waits here ``ms`` milliseconds, then dead-letters back
+                               to the tasks exchange with key ``{pool}``; deleted when unused.
 - ``{ns}.tracker``             quorum queue of the tracker (single active consumer), bound to
-                               tasks and events with ``#``: every send and every event.
-- ``{queue}.parked``           quorum queue where ``{queue}`` sets aside poison messages.
+                               tasks and events with ``#`` (every send and event), and to dead
+                               with ``{ns}.pool.#`` (every task parked).
+- ``{ns}.tracker.parked``      where the tracker sets aside what it cannot read.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, Excha
 POOL_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 #: A message delivered this many times without an ack (crash loops) is set aside.
 DELIVERY_LIMIT = 20
+#: Parked messages are read (and returned) by `convbus dlq list`; RabbitMQ 4 would otherwise
+#: drop them after its default limit of 20 returns.
+PARKED_DELIVERY_LIMIT = 1_000_000
+#: A delay queue nobody declared for this long is deleted (its messages left long before).
+DELAY_QUEUE_IDLE_MS = 3_600_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,14 @@ class Topology:
     def parked_queue(queue: str) -> str:
         return f"{queue}.parked"
 
+    def delay_queue(self, pool: str, delay_ms: int) -> str:
+        return f"{self.pool_queue(pool)}.delay.{delay_ms}"
+
+    @property
+    def parked_pools_pattern(self) -> str:
+        """The dead exchange's keys of every pool's parking lot (not the tracker's own)."""
+        return f"{self.namespace}.pool.#"
+
     @staticmethod
     def task_routing_key(pool: str) -> str:
         return pool
@@ -81,7 +98,19 @@ class Topology:
 
     @staticmethod
     def parked_queue_arguments() -> dict[str, Any]:
-        return {"x-queue-type": "quorum"}
+        return {"x-queue-type": "quorum", "x-delivery-limit": PARKED_DELIVERY_LIMIT}
+
+    def delay_queue_arguments(self, pool: str, delay_ms: int) -> dict[str, Any]:
+        """A retry's waiting room: at-least-once back to the pool when its time is up."""
+        return {
+            "x-queue-type": "quorum",
+            "x-message-ttl": delay_ms,
+            "x-dead-letter-exchange": self.tasks_exchange,
+            "x-dead-letter-routing-key": self.task_routing_key(pool),
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-expires": delay_ms + DELAY_QUEUE_IDLE_MS,
+        }
 
     def tracker_queue_arguments(self) -> dict[str, Any]:
         return self.work_queue_arguments(self.tracker_queue, **{"x-single-active-consumer": True})
@@ -128,12 +157,13 @@ async def declare_core(channel: AbstractChannel, topo: Topology) -> Declared:
     """
     tasks = await channel.declare_exchange(topo.tasks_exchange, ExchangeType.TOPIC, durable=True)
     events = await channel.declare_exchange(topo.events_exchange, ExchangeType.TOPIC, durable=True)
-    dead = await channel.declare_exchange(topo.dead_exchange, ExchangeType.DIRECT, durable=True)
+    dead = await channel.declare_exchange(topo.dead_exchange, ExchangeType.TOPIC, durable=True)
     tracker = await _declare_with_parking(
         channel, topo, dead, topo.tracker_queue, topo.tracker_queue_arguments()
     )
     await tracker.bind(tasks, routing_key="#")
     await tracker.bind(events, routing_key="#")
+    await tracker.bind(dead, routing_key=topo.parked_pools_pattern)
     return Declared(tasks=tasks, events=events, dead=dead, tracker=tracker)
 
 
@@ -148,10 +178,10 @@ async def declare_pool(
     return queue
 
 
-async def delete_namespace(channel: AbstractChannel, topo: Topology, pools: list[str]) -> None:
-    """Delete every exchange and queue of the namespace for these pools (tests, teardown)."""
-    exchanges, queues = topo.names(pools)
-    for queue in queues:
-        await channel.queue_delete(queue)
-    for exchange in exchanges:
-        await channel.exchange_delete(exchange)
+async def declare_delay(channel: AbstractChannel, topo: Topology, pool: str, delay_ms: int) -> str:
+    """Declare (again: that keeps it from expiring) a pool's delay queue; its name."""
+    name = topo.delay_queue(pool, delay_ms)
+    await channel.declare_queue(
+        name, durable=True, arguments=topo.delay_queue_arguments(pool, delay_ms)
+    )
+    return name

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
-from services.child import Registry
+from services.child import NeverRetry, Registry, RetryLater
 from shared.schemas import TaskMessage
 
 handlers = Registry()
@@ -38,3 +39,35 @@ async def not_json(task: TaskMessage) -> object:
 @handlers.handler("nul")
 async def nul(task: TaskMessage) -> dict[str, str]:
     return {"text": "a\x00b"}  # the API refuses NUL characters
+
+
+def _count(payload: dict[str, Any]) -> int:
+    """Add one to the counter file the payload names; the count before."""
+    path = Path(str(payload["counter"]))
+    before = int(path.read_text()) if path.exists() else 0
+    path.write_text(str(before + 1))
+    return before
+
+
+@handlers.handler("flaky")
+async def flaky(task: TaskMessage) -> dict[str, Any]:
+    """Fails its first `fail_times` runs, then succeeds; counts every run in a file."""
+    payload = task.payload or {}
+    runs_before = _count(payload)
+    if runs_before < int(payload.get("fail_times", 0)):
+        raise RuntimeError(f"flaky failure {runs_before + 1}")
+    return {"runs_before": runs_before}
+
+
+@handlers.handler("later")
+async def later(task: TaskMessage) -> dict[str, Any]:
+    payload = task.payload or {}
+    if _count(payload) == 0:
+        raise RetryLater("not ready yet", delay=float(payload.get("delay", 0.3)))
+    return {"ready": True}
+
+
+@handlers.handler("never")
+async def never(task: TaskMessage) -> None:
+    _count(task.payload or {})
+    raise NeverRetry("the chart is unreadable")

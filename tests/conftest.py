@@ -25,6 +25,8 @@ AMQP_URL = os.environ.get("RELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5
 PG_ADMIN_URL = os.environ.get("RELAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 API_KEY = "test-key-" + uuid.uuid4().hex
 TESTS = Path(__file__).parent
+#: Retries in tests: the same shape as the default (exponential), in tenths of a second.
+FAST_RETRY = '{"default": {"max_retries": 2, "backoff": 0.1, "factor": 2}}'
 
 
 def unavailable(what: str, why: str) -> None:
@@ -236,6 +238,8 @@ class Bus:
             RELAY_API_KEY=API_KEY,
             LYNKER_API_BASE=self.api,
             RELAY_CALLBACK_BACKOFF="0.2",
+            RELAY_RETRY=FAST_RETRY,
+            RELAY_STATE_DIR=str(self.workdir / "child-state"),
             RELAY_BATCH_WAIT="0.01",
             PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
         )

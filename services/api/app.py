@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp
 
-from services.api import errors
+from services.api import dlq, errors
 from services.api.broker import BrokerLink
 from services.api.deps import Services, ServicesDep
 from services.api.guard import RequestGuard
@@ -60,6 +60,7 @@ def create_app(settings: ApiSettings) -> ASGIApp:
     )
     errors.install(app)
     app.include_router(router)
+    app.include_router(dlq.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

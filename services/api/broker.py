@@ -10,6 +10,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from shared import amqp
 from shared.errors import BrokerUnavailable
+from shared.parking import ParkingLots
 from shared.schemas import Event, TaskMessage
 from shared.settings import ApiSettings
 from shared.topology import Declared, Topology, declare_core, declare_pool
@@ -58,6 +59,19 @@ class BrokerLink:
     def ready(self) -> bool:
         return (
             self._declared is not None and self._channel is not None and not self._channel.is_closed
+        )
+
+    @property
+    def pools(self) -> set[str]:
+        """The pools this API declared since it started."""
+        return set(self._pools)
+
+    def parking(self) -> ParkingLots:
+        """The parking lots, over this API's connection."""
+        declared = self._require()
+        assert self._connection is not None and self._channel is not None
+        return ParkingLots(
+            self._connection, self._channel, declared, self.topo, self.settings.publish_timeout
         )
 
     def _require(self) -> Declared:

@@ -22,6 +22,15 @@ _KEYS = SendKey.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
+class SendKeyRow:
+    """A recorded send key: the task it names, the body's hash, whether RabbitMQ confirmed."""
+
+    task_id: str
+    body_hash: str
+    confirmed: bool
+
+
+@dataclass(frozen=True)
 class LogFilter:
     """The filters of GET /logs."""
 
@@ -61,33 +70,30 @@ class Reader:
             ).scalar_one_or_none()
         return state
 
-    async def send_key(self, task_id: str) -> tuple[str, bool] | None:
-        """(body hash, confirmed) of a client-chosen task id, if it was ever sent."""
+    async def send_key(self, key: str) -> SendKeyRow | None:
+        """What a client's send key was first used for, if it ever was."""
+        query = select(_KEYS.c.task_id, _KEYS.c.body_hash, _KEYS.c.confirmed).where(
+            _KEYS.c.key == key
+        )
         async with self._conn() as conn:
-            row = (
-                await conn.execute(
-                    select(_KEYS.c.body_hash, _KEYS.c.confirmed).where(_KEYS.c.task_id == task_id)
-                )
-            ).first()
-        return (row.body_hash, row.confirmed) if row is not None else None
+            row = (await conn.execute(query)).first()
+        return SendKeyRow(row.task_id, row.body_hash, row.confirmed) if row is not None else None
 
-    async def reserve_send_key(self, task_id: str, body_hash: str, now: datetime) -> bool:
-        """Record a client-chosen task id; False if it was already recorded."""
+    async def reserve_send_key(self, key: str, task_id: str, body_hash: str, now: datetime) -> bool:
+        """Record a client's send key; False if it was recorded already."""
         stmt = (
             self._insert(_KEYS)
-            .values(task_id=task_id, body_hash=body_hash, confirmed=False, created_at=now)
-            .on_conflict_do_nothing(index_elements=["task_id"])
-            .returning(_KEYS.c.task_id)
+            .values(key=key, task_id=task_id, body_hash=body_hash, confirmed=False, created_at=now)
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(_KEYS.c.key)
         )
         async with self._conn(write=True) as conn:
             inserted = (await conn.execute(stmt)).first()
         return inserted is not None
 
-    async def confirm_send_key(self, task_id: str) -> None:
+    async def confirm_send_key(self, key: str) -> None:
         async with self._conn(write=True) as conn:
-            await conn.execute(
-                update(_KEYS).where(_KEYS.c.task_id == task_id).values(confirmed=True)
-            )
+            await conn.execute(update(_KEYS).where(_KEYS.c.key == key).values(confirmed=True))
 
     async def logs(self, f: LogFilter) -> list[dict[str, Any]]:
         """Entries matching `f`, oldest first: the last `limit`, or the next ones after `after`."""
@@ -120,6 +126,22 @@ class Reader:
         if f.after is None:
             rows.reverse()
         return rows
+
+    async def has_event(self, event_id: str) -> bool:
+        """Whether the tracker recorded this event."""
+        query = select(_LOG.c.id).where(_LOG.c.event_id == event_id)
+        async with self._conn() as conn:
+            return (await conn.execute(query)).first() is not None
+
+    async def pools(self) -> list[str]:
+        """Every pool a task was ever sent to."""
+        query = (
+            select(_TASKS.c.recipient)
+            .where(_TASKS.c.type == "task", _TASKS.c.recipient.is_not(None))
+            .distinct()
+        )
+        async with self._conn() as conn:
+            return sorted(str(p) for p in (await conn.execute(query)).scalars())
 
     async def ping(self) -> None:
         async with self._conn() as conn:

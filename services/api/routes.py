@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Header, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.deps import Authorized, Services, ServicesDep
@@ -15,7 +15,6 @@ from services.api.errors import ApiError
 from services.api.queries import LogFilter
 from shared.ids import TASK_PREFIX, callback_event_id, new_event_id, utcnow
 from shared.schemas import (
-    FINAL_STATES,
     AckRequest,
     CallbackRequest,
     CallbackResponse,
@@ -40,45 +39,68 @@ MAX_LOG_LIMIT = 1000
 FilterText = Annotated[str | None, Field(max_length=128)]
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+        description="A retried send with the same key creates nothing new.",
+    ),
+]
+
+
 @router.post("/send", response_model=SendResponse, responses=_ERRORS, dependencies=[Authorized])
-async def send(body: SendRequest, services: ServicesDep) -> SendResponse:
+async def send(
+    body: SendRequest, services: ServicesDep, idempotency_key: IdempotencyKey = None
+) -> SendResponse:
     """Send a task to a child pool, or a message; 200 once RabbitMQ confirmed it."""
     now = utcnow()
     fields = body.model_dump(include=_SEND_FIELDS)
     if body.type == "message":
         if body.task_id is not None:
             raise ApiError(400, "task_id applies only to tasks")
-        event = Event(event_id=new_event_id(), event="message", ts=now, **fields)
+        # A retried message with the same key carries the same event id: the log keeps one.
+        event_id = _digest(f"message/{idempotency_key}", "m_") if idempotency_key else None
+        event = Event(event_id=event_id or new_event_id(), event="message", ts=now, **fields)
         await services.broker.publish_event(event)
         return SendResponse(task_id=None)
-    if body.task_id is None:
-        task = TaskMessage(task_id=services.ids.new(), created_at=now, **fields)
-        await services.broker.publish_task(task)
-        return SendResponse(task_id=task.task_id)
-    return await _send_with_client_id(body, fields, services)
+    if body.task_id is not None:
+        if body.task_id.startswith(TASK_PREFIX):
+            raise ApiError(422, f"a client-chosen task_id must not start with {TASK_PREFIX!r}")
+        return await _send_once(f"task/{body.task_id}", body.task_id, body, fields, services)
+    if idempotency_key is not None:
+        return await _send_once(
+            f"idem/{idempotency_key}", services.ids.new(), body, fields, services
+        )
+    task = TaskMessage(task_id=services.ids.new(), created_at=now, **fields)
+    await services.broker.publish_task(task)
+    return SendResponse(task_id=task.task_id)
 
 
-async def _send_with_client_id(
-    body: SendRequest, fields: dict[str, Any], services: Services
+def _digest(text: str, prefix: str = "") -> str:
+    return prefix + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+async def _send_once(
+    key: str, task_id: str, body: SendRequest, fields: dict[str, Any], services: Services
 ) -> SendResponse:
-    """Publish a task under the client's id once: the same body again creates nothing new."""
-    task_id = body.task_id
-    assert task_id is not None
-    if task_id.startswith(TASK_PREFIX):
-        raise ApiError(422, f"a client-chosen task_id must not start with {TASK_PREFIX!r}")
-    body_hash = hashlib.sha256(
-        json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
-    ).hexdigest()
-    if not await services.reader.reserve_send_key(task_id, body_hash, utcnow()):
-        known = await services.reader.send_key(task_id)
-        if known is not None and known[0] != body_hash:
-            raise ApiError(409, "task_id was already sent with another body")
-        if known is not None and known[1]:
-            return SendResponse(task_id=task_id)
-        # Recorded but never confirmed (an earlier attempt got a 503): publish it now.
+    """Publish the task of a client's key once: the same body again creates nothing new.
+
+    The key is recorded before the publish; a send that got a 503 is published by its retry.
+    """
+    body_hash = _digest(json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True), "")
+    if not await services.reader.reserve_send_key(key, task_id, body_hash, utcnow()):
+        known = await services.reader.send_key(key)
+        if known is not None:
+            if known.body_hash != body_hash:
+                what = "task_id" if key.startswith("task/") else "Idempotency-Key"
+                raise ApiError(409, f"this {what} was already sent with another body")
+            if known.confirmed:
+                return SendResponse(task_id=known.task_id)
+            task_id = known.task_id  # recorded, never confirmed: publish it now
     task = TaskMessage(task_id=task_id, created_at=utcnow(), **fields)
     await services.broker.publish_task(task)
-    await services.reader.confirm_send_key(task_id)
+    await services.reader.confirm_send_key(key)
     return SendResponse(task_id=task_id)
 
 
@@ -94,8 +116,8 @@ async def _known(task_id: str, services: Services) -> str | None:
     grace = timedelta(seconds=services.settings.pending_grace_seconds)
     if issued is not None and utcnow() - issued < grace:
         return "pending"
-    key = await services.reader.send_key(task_id) if issued is None else None
-    if key is not None and key[1]:
+    key = await services.reader.send_key(f"task/{task_id}") if issued is None else None
+    if key is not None and key.confirmed:
         return "pending"
     raise ApiError(404, "task not found")
 
@@ -108,12 +130,18 @@ async def _known(task_id: str, services: Services) -> str | None:
     dependencies=[Authorized],
 )
 async def callback(body: CallbackRequest, services: ServicesDep) -> CallbackResponse:
-    """A child reports a task's outcome; 200 once the completion is durably on the bus."""
-    state = await _known(body.task_id, services)
-    if state in FINAL_STATES:
+    """A child reports a task's outcome; 200 once the completion is durably on the bus.
+
+    A completion the tracker already recorded is a duplicate. One still in flight is published
+    again under the same event id, which the tracker records once.
+    """
+    if services.ids.issued_at(body.task_id) is None:
+        await _known(body.task_id, services)  # 404 unless it is a client-chosen id we sent
+    event_id = callback_event_id(body.task_id)
+    if await services.reader.has_event(event_id):
         return CallbackResponse(duplicate=True)
     event = Event(
-        event_id=callback_event_id(body.task_id),
+        event_id=event_id,
         event="callback",
         ts=utcnow(),
         task_id=body.task_id,
@@ -168,6 +196,7 @@ async def task_record(task_id: TaskIdPath, services: ServicesDep) -> TaskRespons
         child_id=row["child_id"],
         result=row["result"],
         error=row["error"],
+        next_attempt_at=row["next_attempt_at"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         completed_at=row["completed_at"],

@@ -1,5 +1,6 @@
 """The child worker runtime: consume a pool's queue, run a handler, call back, ack."""
 
 from services.child.handlers import Registry
+from shared.errors import NeverRetry, RetryLater
 
-__all__ = ["Registry"]
+__all__ = ["NeverRetry", "Registry", "RetryLater"]

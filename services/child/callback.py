@@ -8,7 +8,7 @@ import logging
 import aiohttp
 
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
-from shared.schemas import CallbackRequest, CallbackResponse
+from shared.schemas import FINAL_STATES, CallbackRequest, CallbackResponse
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,18 @@ class CallbackClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    async def is_final(self, task_id: str) -> bool:
+        """Whether the bus already records the task completed or failed (False if unsure)."""
+        url = f"{self.url.removesuffix('/callback')}/task-status/{task_id}"
+        try:
+            async with self._get_session().get(url, timeout=self._timeout) as response:
+                if response.status != 200:
+                    return False
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
+        return isinstance(body, dict) and body.get("task_status") in FINAL_STATES
 
     def delays(self) -> list[float]:
         """Seconds to wait after each failed attempt: backoff, twice that, four times, ...

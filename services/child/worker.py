@@ -1,4 +1,4 @@
-"""The worker: consume a pool's queue, run the handler, call back, and ack in one place."""
+"""The worker: consume a pool, run the handler, call back; ack, retry or park in one place."""
 
 from __future__ import annotations
 
@@ -6,24 +6,30 @@ import asyncio
 import contextlib
 import enum
 import logging
+from datetime import timedelta
+from pathlib import Path
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from pydantic import ValidationError
 
 from services.child.callback import CallbackClient
 from services.child.handlers import Registry
+from services.child.state import FinishedTasks
 from shared import amqp
 from shared.errors import (
     BrokerUnavailable,
     BusError,
     CallbackFailed,
     CallbackRefused,
+    NeverRetry,
+    RetryLater,
     UnknownTask,
 )
 from shared.ids import new_event_id, utcnow
+from shared.retry import RetryPolicy
 from shared.schemas import CallbackRequest, Event, TaskMessage
 from shared.settings import ChildSettings
-from shared.topology import Declared, Topology, declare_core, declare_pool
+from shared.topology import Declared, Topology, declare_core, declare_delay, declare_pool
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +37,18 @@ log = logging.getLogger(__name__)
 class Verdict(enum.Enum):
     """What becomes of a delivery."""
 
-    ACK = "ack"  # done: the callback succeeded
-    PARK = "park"  # poison or unknown: set aside in the pool's parked queue
-    REQUEUE = "requeue"  # not done: back to the queue for another try
+    ACK = "ack"  # settled: done, or moved on (retry queue, parking lot) by a confirmed publish
+    PARK = "park"  # poison: rejected, RabbitMQ dead-letters it into the parking lot
+    REQUEUE = "requeue"  # the runtime could not settle it (broker trouble): deliver it again
+
+
+class _Retry(Exception):
+    """The attempt failed in a way another attempt may fix."""
+
+    def __init__(self, reason: str, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
@@ -56,7 +71,7 @@ class Worker:
         self.pool = pool
         self.registry = registry
         self.topo = Topology(settings.namespace)
-        self.topo.pool_queue(pool)  # validates the name before anything connects
+        self.queue_name = self.topo.pool_queue(pool)  # validates the name before connecting
         self.child_id = settings.worker_name
         self.callback = callback or CallbackClient(
             settings.api_base,
@@ -65,8 +80,13 @@ class Worker:
             backoff=settings.callback_backoff,
             timeout=settings.callback_timeout,
         )
+        self.finished = FinishedTasks(
+            Path(settings.state_dir) / f"convbus-child-{settings.namespace}-{pool}.db",
+            settings.state_retention_days * 86_400,
+        )
         self.stop = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._publisher: AbstractChannel | None = None
         self._declared: Declared | None = None
         self.done = 0
 
@@ -84,12 +104,13 @@ class Worker:
         finally:
             await connection.close()
             await self.callback.close()
+            self.finished.close()
             log.info("child %s stopped after %d tasks", self.child_id, self.done)
 
     async def _serve(self, connection: AbstractRobustConnection) -> None:
-        publisher = await amqp.open_publisher_channel(connection)
-        self._declared = await declare_core(publisher, self.topo)
-        consumer: AbstractChannel = await connection.channel()
+        self._publisher = await amqp.open_publisher_channel(connection)
+        self._declared = await declare_core(self._publisher, self.topo)
+        consumer = await connection.channel()
         await consumer.set_qos(prefetch_count=self.settings.prefetch)
         queue = await declare_pool(
             consumer, self.topo, await declare_core(consumer, self.topo), self.pool
@@ -120,7 +141,7 @@ class Worker:
             try:
                 verdict = await self._verdict(message)
             except Exception:  # CancelledError is not an Exception: it passes
-                log.exception("task %s not done; it goes back to the queue", message.message_id)
+                log.exception("task %s not settled; it goes back to the queue", message.message_id)
                 verdict = Verdict.REQUEUE
             await self._settle(message, verdict)
         finally:
@@ -139,35 +160,46 @@ class Worker:
             )
             return Verdict.PARK
         attempt = attempt_of(message)
-        processing = asyncio.create_task(self._publish_processing(task, attempt))
-        outcome = await self._run_handler(task)
-        try:
+        policy = self.settings.retry.for_task(self.pool, task.cmd)
+        outcome = self.finished.get(task.task_id)
+        if outcome is None:
+            may_be_done = message.redelivered or attempt > 1
+            if may_be_done and await self.callback.is_final(task.task_id):
+                log.info("task %s is already final on the bus; not running it again", task.task_id)
+                return Verdict.ACK
+            processing = asyncio.create_task(self._publish_processing(task, attempt))
             try:
-                await self.callback.send(outcome)
-            except CallbackRefused as exc:
-                log.error(
-                    "the API refused the result of %s (%s); reporting failure", task.task_id, exc
-                )
-                await self.callback.send(_failed(task, self.child_id, f"result refused: {exc}"))
+                outcome = await self._run_handler(task, policy)
+            except _Retry as retry:
+                return await self._retry_or_park(message, task, attempt, policy, retry)
+            finally:
+                await processing
+            self.finished.put(outcome)
+        try:
+            await self._call_back(task, outcome)
         except UnknownTask as exc:
-            log.error("parking task %s: %s", task.task_id, exc)
-            return Verdict.PARK
+            return await self._park(message, task, attempt, str(exc))
         except CallbackFailed as exc:
-            log.error("%s; the task goes back to the queue", exc)
-            return Verdict.REQUEUE
-        finally:
-            await processing
+            return await self._retry_or_park(message, task, attempt, policy, _Retry(str(exc)))
         self.done += 1
         return Verdict.ACK
 
-    async def _run_handler(self, task: TaskMessage) -> CallbackRequest:
+    async def _run_handler(self, task: TaskMessage, policy: RetryPolicy) -> CallbackRequest:
+        """The handler's outcome; raises _Retry when another attempt should be made."""
         try:
             result = await self.registry.run(task)
         except asyncio.CancelledError:
             raise
+        except RetryLater as exc:
+            raise _Retry(f"RetryLater: {exc}", exc.delay) from exc
+        except NeverRetry as exc:
+            return _failed(task, self.child_id, f"NeverRetry: {exc}")
         except Exception as exc:
             log.warning("handler for %s (cmd %r) raised %r", task.task_id, task.cmd, exc)
-            return _failed(task, self.child_id, f"{exc.__class__.__name__}: {exc}")
+            error = f"{exc.__class__.__name__}: {exc}"
+            if policy.retry_errors:
+                raise _Retry(error) from exc
+            return _failed(task, self.child_id, error)
         try:
             done = CallbackRequest(
                 task_id=task.task_id, child_id=self.child_id, status="done", result=result
@@ -179,9 +211,95 @@ class Worker:
             )
         return done
 
+    async def _call_back(self, task: TaskMessage, outcome: CallbackRequest) -> None:
+        try:
+            await self.callback.send(outcome)
+        except CallbackRefused as exc:
+            log.error("the API refused the result of %s (%s); reporting failure", task.task_id, exc)
+            await self.callback.send(_failed(task, self.child_id, f"result refused: {exc}"))
+
+    async def _retry_or_park(
+        self,
+        message: AbstractIncomingMessage,
+        task: TaskMessage,
+        attempt: int,
+        policy: RetryPolicy,
+        retry: _Retry,
+    ) -> Verdict:
+        """Send the task to wait in a delay queue, or to the parking lot when out of retries.
+
+        The publish is confirmed before the delivery is acked: a retry never vanishes between
+        the pool's queue and the delay queue.
+        """
+        delay_ms = policy.delay_ms(attempt)
+        if delay_ms is None:
+            reason = f"retries exhausted after {attempt} attempts: {retry.reason}"
+            return await self._park(message, task, attempt, reason)
+        if retry.delay is not None:
+            delay_ms = max(10, round(retry.delay * 1000))
+        assert self._publisher is not None
+        with amqp.broker_errors("RabbitMQ did not declare the delay queue in time"):
+            async with asyncio.timeout(self.settings.callback_timeout):
+                queue = await declare_delay(self._publisher, self.topo, self.pool, delay_ms)
+        await amqp.publish(
+            self._publisher.default_exchange,
+            queue,
+            message.body,
+            task.task_id,
+            timeout=self.settings.callback_timeout,
+            message_type="task",
+            headers={
+                amqp.ATTEMPT_HEADER: attempt + 1,
+                amqp.LAST_ERROR_HEADER: retry.reason[:1000],
+            },
+        )
+        next_at = utcnow() + timedelta(milliseconds=delay_ms)
+        log.info(
+            "task %s: attempt %d failed (%s); retry at %s",
+            task.task_id,
+            attempt,
+            retry.reason,
+            next_at,
+        )
+        await self._publish_event(
+            Event(
+                event_id=new_event_id(),
+                event="retry",
+                ts=utcnow(),
+                task_id=task.task_id,
+                conversation_id=task.conversation_id,
+                child_id=self.child_id,
+                attempt=attempt,
+                error=retry.reason[:10_000],
+                next_at=next_at,
+            )
+        )
+        return Verdict.ACK
+
+    async def _park(
+        self, message: AbstractIncomingMessage, task: TaskMessage, attempt: int, reason: str
+    ) -> Verdict:
+        """Put the task in the pool's parking lot (the tracker marks it failed), confirmed."""
+        assert self._declared is not None
+        log.error("parking task %s: %s", task.task_id, reason)
+        await amqp.publish(
+            self._declared.dead,
+            self.topo.parked_queue(self.queue_name),
+            message.body,
+            task.task_id,
+            timeout=self.settings.callback_timeout,
+            message_type="task",
+            headers={
+                amqp.ATTEMPT_HEADER: attempt,
+                amqp.DEAD_REASON_HEADER: reason[:1000],
+                amqp.PARKED_ID_HEADER: new_event_id(),
+                amqp.REPLAYS_HEADER: (message.headers or {}).get(amqp.REPLAYS_HEADER, 0),
+            },
+        )
+        return Verdict.ACK
+
     async def _publish_processing(self, task: TaskMessage, attempt: int) -> None:
         """Tell the tracker the task started; best effort (the completion is what counts)."""
-        assert self._declared is not None
         event = Event(
             event_id=new_event_id(),
             event="processing",
@@ -192,16 +310,20 @@ class Worker:
             attempt=attempt,
         )
         try:
-            await amqp.publish(
-                self._declared.events,
-                self.topo.event_routing_key("processing"),
-                event,
-                event.event_id,
-                timeout=10.0,
-                message_type="event",
-            )
+            await self._publish_event(event)
         except BusError as exc:
             log.warning("could not publish processing for %s: %s", task.task_id, exc)
+
+    async def _publish_event(self, event: Event) -> None:
+        assert self._declared is not None
+        await amqp.publish(
+            self._declared.events,
+            self.topo.event_routing_key(event.event),
+            event,
+            event.event_id,
+            timeout=self.settings.callback_timeout,
+            message_type="event",
+        )
 
     async def _settle(self, message: AbstractIncomingMessage, verdict: Verdict) -> None:
         """The one place a delivery is acked, parked or requeued; a failed ack is logged."""

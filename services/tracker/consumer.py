@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ from services.tracker.store import BadBatch, Store
 from shared import amqp
 from shared.db import create_schema, make_engine
 from shared.errors import BrokerUnavailable, DatabaseUnavailable
+from shared.ids import utcnow
 from shared.schemas import Event, TaskMessage
 from shared.settings import TrackerSettings
 from shared.topology import Topology, declare_core
@@ -27,7 +29,65 @@ def parse(message: AbstractIncomingMessage, topo: Topology) -> Entry:
     """The entry a message on the tracker's queue stands for; ValidationError if it is poison."""
     if message.exchange == topo.tasks_exchange:
         return Entry.from_task(TaskMessage.model_validate_json(message.body))
+    if message.exchange == topo.dead_exchange:
+        return Entry.from_event(parked_event(message))
     return Entry.from_event(Event.model_validate_json(message.body))
+
+
+_DEATH_REASONS = {
+    "rejected": "poison message: not valid JSON or not a valid task",
+    "delivery_limit": "poison message: delivered too many times without being settled "
+    "(does its handler crash the worker?)",
+}
+
+
+def parked_event(message: AbstractIncomingMessage) -> Event:
+    """A `dead` event for a message that went into a pool's parking lot.
+
+    The child parks a task out of retries with a reason and an id in its headers; RabbitMQ
+    dead-letters poison (rejected, or past the delivery limit) with an x-death header.
+    """
+    headers = message.headers or {}
+    death = amqp.first_death(headers)
+    death_reason = amqp.header_text(death.get("reason"))
+    reason = amqp.header_text(headers.get(amqp.DEAD_REASON_HEADER)) or _DEATH_REASONS.get(
+        death_reason, f"dead-lettered: {death_reason}"
+    )
+    parked_id = headers.get(amqp.PARKED_ID_HEADER)
+    if not isinstance(parked_id, str):
+        key = "|".join(
+            str(part)
+            for part in (
+                message.message_id or hashlib.sha256(message.body).hexdigest(),
+                headers.get(amqp.REPLAYS_HEADER, 0),
+                death_reason,
+                death.get("count"),
+                death.get("time"),
+            )
+        )
+        parked_id = "dead_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    attempt = headers.get(amqp.ATTEMPT_HEADER)
+    fields: dict[str, object] = {
+        "event_id": parked_id,
+        "event": "dead",
+        "ts": utcnow(),
+        "error": reason[:10_000],
+        "queue": message.routing_key,
+        "attempt": attempt if isinstance(attempt, int) and attempt >= 1 else None,
+    }
+    try:
+        task = TaskMessage.model_validate_json(message.body)
+    except ValidationError:
+        return Event.model_validate(fields)
+    return Event.model_validate(
+        {
+            **fields,
+            "task_id": task.task_id,
+            "conversation_id": task.conversation_id,
+            "from": task.from_,
+            "to": task.to,
+        }
+    )
 
 
 class _Stopping(Exception):

@@ -2,7 +2,7 @@
 
 ``pending -> processing -> completed | failed``, ``processing -> retrying -> processing``.
 Events may arrive in any order (a completion before its send); the result is the same, and
-nothing moves a task out of ``completed`` or ``failed``.
+nothing moves a task out of ``completed`` or ``failed`` but a ``replay`` of a failed task.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ class TaskRow:
     result: Any = None
     error: str | None = None
     send_seen: bool = False
+    next_attempt_at: datetime | None = None
     completed_at: datetime | None = None
 
     @property
@@ -133,6 +134,18 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
         row = TaskRow(
             task_id=entry.task_id, state="pending", created_at=entry.ts, updated_at=entry.ts
         )
+    if source.event == "replay":
+        # The one way out of `failed`: an operator replayed the parked task. Its attempts
+        # count again from the start; the log keeps the history.
+        if row.state != "failed":
+            return _touch(row, entry.ts)
+        return replace(
+            _touch(row, entry.ts),
+            state="pending",
+            attempts=0,
+            completed_at=None,
+            next_attempt_at=None,
+        )
     attempts = max(row.attempts, source.attempt or 0)
     if row.final:
         # The count of attempts still takes news of one that raced behind the completion.
@@ -141,9 +154,21 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
     if source.event in ("processing", "retry") and (source.attempt or 0) < row.attempts:
         return row  # news of an earlier attempt, overtaken by a later one
     if source.event == "processing":
-        return replace(row, state="processing", attempts=attempts, child_id=source.child_id)
+        return replace(
+            row,
+            state="processing",
+            attempts=attempts,
+            child_id=source.child_id,
+            next_attempt_at=None,
+        )
     if source.event == "retry":
-        return replace(row, state="retrying", attempts=attempts, error=source.error)
+        return replace(
+            row,
+            state="retrying",
+            attempts=attempts,
+            error=source.error,
+            next_attempt_at=source.next_at,
+        )
     if source.event == "callback":
         return replace(
             row,
@@ -153,9 +178,15 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
             result=source.result,
             error=source.error,
             completed_at=entry.ts,
+            next_attempt_at=None,
         )
     if source.event == "dead":
         return replace(
-            row, state="failed", attempts=attempts, error=source.error, completed_at=entry.ts
+            row,
+            state="failed",
+            attempts=attempts,
+            error=source.error,
+            completed_at=entry.ts,
+            next_attempt_at=None,
         )
     return row

@@ -52,13 +52,16 @@ def work_queue_arguments(ns: str, queue: str) -> dict[str, Any]:
     }
 
 
+PARKED_ARGUMENTS = {"x-queue-type": "quorum", "x-delivery-limit": 1_000_000}
+
+
 def declare(channel: Any, ns: str, pool: str) -> str:
     """Declare what the page says a child declares, in its order; the pool queue's name."""
     n = names(ns, pool)
     channel.exchange_declare(n["tasks"], exchange_type="topic", durable=True)
     channel.exchange_declare(n["events"], exchange_type="topic", durable=True)
-    channel.exchange_declare(n["dead"], exchange_type="direct", durable=True)
-    channel.queue_declare(n["pool_parked"], durable=True, arguments={"x-queue-type": "quorum"})
+    channel.exchange_declare(n["dead"], exchange_type="topic", durable=True)
+    channel.queue_declare(n["pool_parked"], durable=True, arguments=PARKED_ARGUMENTS)
     channel.queue_bind(n["pool_parked"], n["dead"], routing_key=n["pool_parked"])
     channel.queue_declare(n["pool"], durable=True, arguments=work_queue_arguments(ns, n["pool"]))
     channel.queue_bind(n["pool"], n["tasks"], routing_key=pool)
@@ -68,10 +71,11 @@ def declare(channel: Any, ns: str, pool: str) -> str:
 def declare_tracker_queue(channel: Any, ns: str) -> None:
     """The tracker's queue, with the page's arguments (optional for a child)."""
     n = names(ns, POOL)
-    channel.queue_declare(n["tracker_parked"], durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_declare(n["tracker_parked"], durable=True, arguments=PARKED_ARGUMENTS)
     channel.queue_bind(n["tracker_parked"], n["dead"], routing_key=n["tracker_parked"])
     args = {**work_queue_arguments(ns, n["tracker"]), "x-single-active-consumer": True}
     channel.queue_declare(n["tracker"], durable=True, arguments=args)
+    channel.queue_bind(n["tracker"], n["dead"], routing_key=f"{ns}.pool.#")
 
 
 def publish_processing(channel: Any, ns: str, task: dict[str, Any], attempt: int) -> None:

@@ -296,3 +296,41 @@ def test_every_order_with_a_retry_ends_failed_with_the_same_outcome() -> None:
 def test_every_order_with_a_retry_counts_the_same_attempts() -> None:
     attempts = {final_row(order).attempts for order in itertools.permutations(_two_attempts())}
     assert attempts == {2}
+
+
+def _event(kind: str, seconds: float, **fields: Any) -> Entry:
+    return Entry.from_event(
+        Event.model_validate(
+            {"event_id": f"{kind}-{seconds}", "event": kind, "task_id": "t1",
+             "ts": T0 + timedelta(seconds=seconds), **fields}
+        )
+    )  # fmt: skip
+
+
+def test_retry_shows_retrying_with_the_error_and_the_next_run() -> None:
+    next_at = T0 + timedelta(seconds=30)
+    row = final_row(
+        [send(), processing(1), _event("retry", 2, attempt=1, error="e1", next_at=next_at)]
+    )
+    assert row.state == "retrying" and row.error == "e1" and row.next_attempt_at == next_at
+    row = apply(row, processing(3, attempt=2))
+    assert row is not None and row.state == "processing" and row.next_attempt_at is None
+
+
+def test_dead_fails_the_task_and_only_a_replay_takes_it_out() -> None:
+    row = final_row([send(), processing(1), _event("dead", 2, attempt=3, error="exhausted")])
+    assert row.state == "failed" and row.error == "exhausted" and row.completed_at is not None
+    for late in (processing(3, attempt=4), callback(4, status="done")):
+        after = apply(row, late)
+        assert after is not None and after.state == "failed"
+    replayed = apply(row, _event("replay", 5))
+    assert replayed is not None
+    assert replayed.state == "pending" and replayed.attempts == 0 and replayed.completed_at is None
+    done = apply(apply(replayed, processing(6, attempt=1)), callback(7))
+    assert done is not None and done.state == "completed"
+
+
+def test_replay_does_not_touch_a_completed_task() -> None:
+    done = final_row([send(), processing(1), callback(2)])
+    after = apply(done, _event("replay", 3))
+    assert after is not None and after.state == "completed"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared.topology import DELIVERY_LIMIT, Topology
+from shared.topology import DELIVERY_LIMIT, PARKED_DELIVERY_LIMIT, Topology
 
 
 @pytest.fixture
@@ -111,8 +111,34 @@ def test_tracker_queue_arguments_add_single_active_consumer(topo: Topology) -> N
     assert args["x-overflow"] == "reject-publish"
 
 
-def test_parked_queues_are_plain_quorum_queues(topo: Topology) -> None:
-    assert topo.parked_queue_arguments() == {"x-queue-type": "quorum"}
+def test_parked_queues_are_quorum_queues_that_survive_many_listings(topo: Topology) -> None:
+    # RabbitMQ 4 drops a quorum queue's message after 20 returns unless the limit is set.
+    assert topo.parked_queue_arguments() == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": PARKED_DELIVERY_LIMIT,
+    }
+    assert PARKED_DELIVERY_LIMIT >= 100_000
+
+
+def test_delay_queues_wait_then_dead_letter_back_to_the_pool(topo: Topology) -> None:
+    assert topo.delay_queue("child", 4000) == "ns1.pool.child.delay.4000"
+    args = topo.delay_queue_arguments("child", 4000)
+    assert args["x-queue-type"] == "quorum"
+    assert args["x-message-ttl"] == 4000
+    assert args["x-dead-letter-exchange"] == "ns1.tasks"
+    assert args["x-dead-letter-routing-key"] == "child"
+    assert args["x-dead-letter-strategy"] == "at-least-once"
+    assert args["x-overflow"] == "reject-publish"
+    # Idle long after its last message left: it can go.
+    assert args["x-expires"] > 4000 + 600_000
+
+
+def test_the_tracker_hears_of_pool_parkings_but_not_its_own(topo: Topology) -> None:
+    pattern = topo.parked_pools_pattern
+    assert pattern == "ns1.pool.#"
+    parked_pool = topo.parked_queue(topo.pool_queue("child.bazi"))
+    assert parked_pool.startswith(pattern[:-1])
+    assert not topo.parked_queue(topo.tracker_queue).startswith(pattern[:-1])
 
 
 def _all_arguments(topo: Topology) -> list[dict[str, Any]]:
@@ -121,6 +147,7 @@ def _all_arguments(topo: Topology) -> list[dict[str, Any]]:
         topo.pool_queue_arguments("child"),
         topo.work_queue_arguments("anything"),
         topo.parked_queue_arguments(),
+        topo.delay_queue_arguments("child", 1000),
     ]
 
 

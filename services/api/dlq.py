@@ -1,0 +1,83 @@
+"""The parking lots over HTTP: list, show, replay, purge (operators' endpoints)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from services.api.deps import Authorized, ServicesDep
+from services.api.errors import ApiError
+from shared.schemas import ErrorResponse, Ok
+
+router = APIRouter(prefix="/api/relay/dlq", dependencies=[Authorized], tags=["parking lots"])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 422, 503)
+}
+PoolQuery = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+
+
+class ParkedList(Ok):
+    parked: list[dict[str, Any]]
+
+
+class ParkedOne(Ok):
+    parked: dict[str, Any]
+
+
+class Replayed(Ok):
+    replayed: int
+
+
+class Purged(Ok):
+    purged: int
+
+
+async def _pools(services: ServicesDep, pool: str | None) -> list[str]:
+    if pool is not None:
+        return [pool]
+    return sorted(set(await services.reader.pools()) | services.broker.pools)
+
+
+@router.get("", response_model=ParkedList, responses=_ERRORS)
+async def list_parked(
+    services: ServicesDep,
+    pool: PoolQuery = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ParkedList:
+    """The parked tasks of one pool or of all, oldest first; they stay parked."""
+    found = await services.broker.parking().peek(await _pools(services, pool), limit)
+    return ParkedList(parked=[p.as_dict() for p in found])
+
+
+@router.get("/{task_id}", response_model=ParkedOne, responses=_ERRORS)
+async def show_parked(task_id: str, services: ServicesDep, pool: PoolQuery = None) -> ParkedOne:
+    """One parked task, with why it was parked."""
+    found = await services.broker.parking().show(task_id, await _pools(services, pool))
+    if found is None:
+        raise ApiError(404, "task not parked")
+    return ParkedOne(parked=found.as_dict())
+
+
+@router.post("/replay", response_model=Replayed, responses=_ERRORS)
+async def replay_all(services: ServicesDep, pool: PoolQuery = None) -> Replayed:
+    """Send every parked task of one pool (or all) back to work."""
+    count = await services.broker.parking().replay(await _pools(services, pool))
+    return Replayed(replayed=count)
+
+
+@router.post("/{task_id}/replay", response_model=Replayed, responses=_ERRORS)
+async def replay_one(task_id: str, services: ServicesDep, pool: PoolQuery = None) -> Replayed:
+    """Send one parked task back to its pool; it keeps its id and history."""
+    count = await services.broker.parking().replay(await _pools(services, pool), task_id)
+    if count == 0:
+        raise ApiError(404, "task not parked")
+    return Replayed(replayed=count)
+
+
+@router.delete("", response_model=Purged, responses=_ERRORS)
+async def purge(services: ServicesDep, pool: PoolQuery = None, confirm: bool = False) -> Purged:
+    """Drop every parked task of one pool (or all); needs `confirm=true`."""
+    if not confirm:
+        raise ApiError(400, "purging drops parked tasks for good: repeat with confirm=true")
+    return Purged(purged=await services.broker.parking().purge(await _pools(services, pool)))

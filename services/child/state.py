@@ -1,0 +1,62 @@
+"""The child's record of tasks whose handler already ran, with their outcome.
+
+The seed's child_worker_state, now a local SQLite file: a task delivered again (after a crash
+between the handler and the ack) is not run again; only its callback is retried. Workers of one
+pool on one machine share the file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from shared.schemas import CallbackRequest
+
+_PRUNE_EVERY = 1000
+
+
+class FinishedTasks:
+    """task id → the outcome its handler produced here."""
+
+    def __init__(self, path: Path, retention_seconds: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.retention = retention_seconds
+        # Autocommit; WAL with synchronous=NORMAL survives a killed process (not a power cut)
+        # at a few microseconds a write.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS finished ("
+            " task_id TEXT PRIMARY KEY, outcome TEXT NOT NULL, finished_at REAL NOT NULL)"
+        )
+        self._writes = 0
+        self.prune()
+
+    def get(self, task_id: str) -> CallbackRequest | None:
+        row = self._db.execute(
+            "SELECT outcome FROM finished WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        return CallbackRequest.model_validate_json(row[0]) if row else None
+
+    def put(self, outcome: CallbackRequest) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO finished (task_id, outcome, finished_at) VALUES (?, ?, ?)",
+            (outcome.task_id, outcome.model_dump_json(), time.time()),
+        )
+        self._writes += 1
+        if self._writes % _PRUNE_EVERY == 0:
+            self.prune()
+
+    def prune(self) -> int:
+        """Forget outcomes older than the retention; how many were forgotten."""
+        cursor = self._db.execute(
+            "DELETE FROM finished WHERE finished_at < ?", (time.time() - self.retention,)
+        )
+        return cursor.rowcount
+
+    def close(self) -> None:
+        self._db.close()

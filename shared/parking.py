@@ -1,0 +1,189 @@
+"""The parking lots: list, show, replay and purge the tasks the pools set aside."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiormq
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from shared import amqp
+from shared.ids import new_event_id, utcnow
+from shared.schemas import Event, TaskMessage
+from shared.topology import Declared, Topology
+
+log = logging.getLogger(__name__)
+
+#: Most messages a listing holds at once (they stay unacked while it reads).
+MAX_SCAN = 10_000
+
+
+@dataclass(frozen=True)
+class Parked:
+    """A message in a parking lot."""
+
+    pool: str
+    message_id: str | None
+    reason: str
+    attempt: int | None
+    replays: int
+    body: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "task_id": self.message_id,
+            "pool": self.pool,
+            "reason": self.reason,
+            "attempt": self.attempt,
+            "replays": self.replays,
+            "body": self.body,
+        }
+
+
+def _describe(pool: str, message: AbstractIncomingMessage) -> Parked:
+    headers = message.headers or {}
+    reason = amqp.header_text(headers.get(amqp.DEAD_REASON_HEADER)) or (
+        "dead-lettered: " + amqp.header_text(amqp.first_death(headers).get("reason"))
+    )
+    attempt = headers.get(amqp.ATTEMPT_HEADER)
+    replays = headers.get(amqp.REPLAYS_HEADER, 0)
+    try:
+        body: Any = orjson.loads(message.body)
+    except orjson.JSONDecodeError:
+        body = message.body[:2000].decode(errors="replace")
+    return Parked(
+        pool=pool,
+        message_id=message.message_id,
+        reason=reason,
+        attempt=attempt if isinstance(attempt, int) else None,
+        replays=replays if isinstance(replays, int) else 0,
+        body=body,
+    )
+
+
+class ParkingLots:
+    """Operations on the pools' parking lots, over one robust connection."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        publisher: AbstractChannel,
+        declared: Declared,
+        topo: Topology,
+        timeout: float = 10.0,
+    ) -> None:
+        self.connection = connection
+        self.publisher = publisher
+        self.declared = declared
+        self.topo = topo
+        self.timeout = timeout
+
+    @asynccontextmanager
+    async def _held(self, pool: str) -> AsyncIterator[list[AbstractIncomingMessage]]:
+        """The parked messages of `pool`, held unacked; those not acked go back on exit."""
+        held: list[AbstractIncomingMessage] = []
+        channel = await self.connection.channel()
+        try:
+            name = self.topo.parked_queue(self.topo.pool_queue(pool))
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                yield held  # the pool never had a task: its parking lot is empty
+                return
+            while len(held) < MAX_SCAN:
+                message = await queue.get(no_ack=False, fail=False, timeout=self.timeout)
+                if message is None:
+                    break
+                held.append(message)
+            yield held
+        finally:
+            if not channel.is_closed:
+                await channel.close()  # RabbitMQ puts back what was not acked
+
+    async def peek(self, pools: list[str], limit: int = 100) -> list[Parked]:
+        """Up to `limit` parked messages, oldest first, left where they are."""
+        found: list[Parked] = []
+        for pool in pools:
+            async with self._held(pool) as held:
+                found += [_describe(pool, m) for m in held[: max(0, limit - len(found))]]
+        return found
+
+    async def show(self, task_id: str, pools: list[str]) -> Parked | None:
+        for pool in pools:
+            async with self._held(pool) as held:
+                for message in held:
+                    if message.message_id == task_id:
+                        return _describe(pool, message)
+        return None
+
+    async def replay(self, pools: list[str], task_id: str | None = None) -> int:
+        """Send parked tasks back to their pool (one by id, or all); how many went."""
+        count = 0
+        for pool in pools:
+            async with self._held(pool) as held:
+                for message in held:
+                    if task_id is None or message.message_id == task_id:
+                        await self._replay_one(pool, message)
+                        count += 1
+                        if task_id is not None:
+                            return count
+        return count
+
+    async def _replay_one(self, pool: str, message: AbstractIncomingMessage) -> None:
+        """Republish confirmed, then ack; a message that is not a task stays parked."""
+        try:
+            task = TaskMessage.model_validate_json(message.body)
+        except ValueError:
+            log.warning("not replaying %s: it is not a valid task", message.message_id)
+            return
+        replays = _describe(pool, message).replays + 1
+        # The event first: the tracker moves the task out of `failed` before its new attempt.
+        event = Event(
+            event_id=new_event_id(),
+            event="replay",
+            ts=utcnow(),
+            task_id=task.task_id,
+            conversation_id=task.conversation_id,
+            queue=self.topo.parked_queue(self.topo.pool_queue(pool)),
+        )
+        await amqp.publish(
+            self.declared.events,
+            self.topo.event_routing_key("replay"),
+            event,
+            event.event_id,
+            timeout=self.timeout,
+            message_type="event",
+        )
+        await amqp.publish(
+            self.declared.tasks,
+            self.topo.task_routing_key(pool),
+            message.body,
+            task.task_id,
+            timeout=self.timeout,
+            message_type="task",
+            headers={amqp.ATTEMPT_HEADER: 1, amqp.REPLAYS_HEADER: replays},
+        )
+        await message.ack()
+        log.info("replayed %s to pool %s (replay %d)", task.task_id, pool, replays)
+
+    async def purge(self, pools: list[str]) -> int:
+        count = 0
+        for pool in pools:
+            channel = await self.connection.channel()
+            try:
+                queue = await channel.declare_queue(
+                    self.topo.parked_queue(self.topo.pool_queue(pool)), passive=True
+                )
+                result = await queue.purge()
+                count += int(getattr(result, "message_count", 0) or 0)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                continue
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        return count
