@@ -307,10 +307,10 @@ def bus(namespace: Namespace, database_url: str, tmp_path: Path) -> Iterator[Bus
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under integration/ and e2e/ are marked so `-m "not integration"` runs the rest."""
+    """Tests under integration/, e2e/ and faults/ need the services: `make unit` skips them."""
     for item in items:
         path = str(item.path)
-        if f"{os.sep}integration{os.sep}" in path or f"{os.sep}e2e{os.sep}" in path:
+        if any(f"{os.sep}{d}{os.sep}" in path for d in ("integration", "e2e", "faults")):
             item.add_marker(pytest.mark.integration)
         if f"{os.sep}e2e{os.sep}" in path:
             item.add_marker(pytest.mark.e2e)

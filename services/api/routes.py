@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.api.deps import Authorized, Services, ServicesDep
 from services.api.errors import ApiError
 from services.api.queries import LogFilter
+from shared.errors import DatabaseUnavailable
 from shared.ids import TASK_PREFIX, callback_event_id, new_event_id, utcnow
 from shared.schemas import (
     AckRequest,
@@ -138,8 +139,12 @@ async def callback(body: CallbackRequest, services: ServicesDep) -> CallbackResp
     if services.ids.issued_at(body.task_id) is None:
         await _known(body.task_id, services)  # 404 unless it is a client-chosen id we sent
     event_id = callback_event_id(body.task_id)
-    if await services.reader.has_event(event_id):
-        return CallbackResponse(duplicate=True)
+    try:
+        if await services.reader.has_event(event_id):
+            return CallbackResponse(duplicate=True)
+    except DatabaseUnavailable:
+        pass  # the database is down: publish anyway, the tracker keeps one completion
+
     event = Event(
         event_id=event_id,
         event="callback",

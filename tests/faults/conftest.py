@@ -1,0 +1,252 @@
+"""Private RabbitMQ and PostgreSQL servers that the fault tests may kill and restart."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Bus, Namespace, free_port, unavailable, wait_for
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _chown(path: Path, user: str) -> None:
+    shutil.chown(path, user, user)
+    for child in path.rglob("*"):
+        shutil.chown(child, user, user)
+
+
+@dataclass
+class PrivateRabbit:
+    """A RabbitMQ node of the test's own: its own name, ports and data directory."""
+
+    root: Path
+    name: str
+    port: int
+    dist_port: int
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": str(self.root / "rabbitmq.conf"),
+            "RABBITMQ_MNESIA_BASE": str(self.root / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.root / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(self.root / "pid"),
+        }
+
+    def start(self) -> None:
+        subprocess.run(["rabbitmq-server", "-detached"], env=self.env(), check=True, timeout=30)
+        wait_for(lambda: _port_open(self.port), timeout=60, what=f"RabbitMQ {self.name} to listen")
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.name, "stop"],
+            env=self.env(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        wait_for(lambda: not _port_open(self.port), timeout=30, what="RabbitMQ to stop")
+
+    def kill(self) -> None:
+        """SIGKILL the node, as a crash would."""
+        pid = int((self.root / "pid").read_text().strip())
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not _port_open(self.port), timeout=30, what="RabbitMQ to die")
+
+    @classmethod
+    def create(cls) -> PrivateRabbit:
+        if shutil.which("rabbitmq-server") is None:
+            unavailable("a private RabbitMQ node", "rabbitmq-server is not installed")
+        root = Path(tempfile.mkdtemp(prefix="convbus-rmq-"))
+        port, dist = free_port(), free_port()
+        (root / "mnesia").mkdir()
+        (root / "log").mkdir()
+        (root / "enabled_plugins").write_text("[].\n")
+        (root / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{port}\n")
+        root.chmod(0o755)
+        with contextlib.suppress(KeyError, PermissionError):
+            _chown(root, "rabbitmq")  # the server drops to this user; it must own its files
+        return cls(root, f"convbus-{uuid.uuid4().hex[:8]}@localhost", port, dist)
+
+
+@pytest.fixture
+def private_rabbit() -> Iterator[PrivateRabbit]:
+    node = PrivateRabbit.create()
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(node.root, ignore_errors=True)
+
+
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+@dataclass
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (initdb in a temp dir), run as `postgres`."""
+
+    root: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg_ctl(self, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"), "-D", str(self.data),
+             *args],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+
+    @property
+    def bin(self) -> Path:
+        return sorted(PG_BIN.glob("*/bin"))[-1]
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def start(self) -> None:
+        self._pg_ctl("-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1",
+                     "-l", str(self.root / "log"), "-w", "start")  # fmt: skip
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "fast", "-w", "stop")
+
+    @classmethod
+    def create(cls) -> PrivatePostgres:
+        if not PG_BIN.exists() or shutil.which("runuser") is None:
+            unavailable("a private PostgreSQL", "no /usr/lib/postgresql or runuser here")
+        root = Path(tempfile.mkdtemp(prefix="convbus-pg-"))
+        root.chmod(0o755)
+        _chown(root, "postgres")
+        server = cls(root, free_port())
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(server.bin / "initdb"), "-D",
+             str(server.data), "-A", "trust", "-U", "postgres"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        return server
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres.create()
+    server.start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture
+def rabbit_bus(private_rabbit: PrivateRabbit, tmp_path: Path) -> Iterator[Bus]:
+    """A bus on the private broker (SQLite), so the broker can be killed under it."""
+    namespace = Namespace(name=f"f{uuid.uuid4().hex[:10]}", amqp_url=private_rabbit.url)
+    bus = Bus(
+        namespace=namespace, database_url=f"sqlite:///{tmp_path / 'bus.db'}", workdir=tmp_path
+    )
+    try:
+        yield bus
+    finally:
+        bus.stop_all()
+        for proc in bus.procs:
+            print(f"----- {proc.name} (exit {proc.popen.returncode}) -----")
+            print(proc.output()[-4000:])
+
+
+@pytest.fixture
+def postgres_bus(
+    private_postgres: PrivatePostgres, namespace: Namespace, tmp_path: Path
+) -> Iterator[Bus]:
+    """A bus whose tracker writes to the private PostgreSQL, so it can be stopped under it."""
+    bus = Bus(namespace=namespace, database_url=private_postgres.url, workdir=tmp_path)
+    try:
+        yield bus
+    finally:
+        bus.stop_all()
+        for proc in bus.procs:
+            print(f"----- {proc.name} (exit {proc.popen.returncode}) -----")
+            print(proc.output()[-4000:])
+
+
+def pause(seconds: float) -> None:
+    """Let an outage last a while (the point of the test, not a wait for a condition)."""
+    time.sleep(seconds)
+
+
+def _sync_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def ledger(database_url: str) -> tuple[dict[str, str], dict[tuple[str, str], int]]:
+    """(state by task, number of log entries by task and event), read straight from the database."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(_sync_url(database_url))
+    try:
+        with engine.connect() as conn:
+            states = {
+                r.task_id: r.state for r in conn.execute(text("SELECT task_id, state FROM tasks"))
+            }
+            counts = {
+                (r.task_id, r.event): r.n
+                for r in conn.execute(
+                    text(
+                        "SELECT task_id, event, COUNT(*) AS n FROM log_entries"
+                        " GROUP BY task_id, event"
+                    )
+                )
+            }
+    finally:
+        engine.dispose()
+    return states, counts
+
+
+def all_final(database_url: str, task_ids: list[str]) -> bool:
+    try:
+        states, _ = ledger(database_url)
+    except Exception:  # the database may be the thing that is down
+        return False
+    return all(states.get(t) in ("completed", "failed") for t in task_ids)
+
+
+def assert_exactly_once(database_url: str, task_ids: list[str], timeout: float = 90) -> None:
+    """Every task reached one final state, with exactly one send and one completion logged."""
+    wait_for(lambda: all_final(database_url, task_ids), timeout=timeout, what="every task final")
+    states, counts = ledger(database_url)
+    assert {states[t] for t in task_ids} == {"completed"}, {t: states[t] for t in task_ids}
+    for task_id in task_ids:
+        assert counts.get((task_id, "send")) == 1, task_id
+        assert counts.get((task_id, "callback")) == 1, task_id
