@@ -1,0 +1,58 @@
+"""The broker restarted and killed under a working bus: 503 while down, then everything resumes."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import Bus, wait_for
+from tests.e2e.test_flow import send, send_task
+from tests.faults.conftest import PrivateRabbit, assert_exactly_once
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+
+def accepted(bus: Bus) -> str | None:
+    """A task id once the API accepts sends again (None while it answers 503)."""
+    try:
+        response = send(bus, type="task", cmd="echo")
+    except httpx.HTTPError:
+        return None
+    if response.status_code == 503:
+        return None
+    assert response.status_code == 200, response.text
+    task_id: str = response.json()["task_id"]
+    return task_id
+
+
+def outage(bus: Bus, node: PrivateRabbit, *, kill: bool) -> None:
+    """Take the broker down; check the API refuses quickly; bring it back."""
+    node.kill() if kill else node.stop()
+    started = time.monotonic()
+    refused = send(bus, type="task", cmd="echo")
+    assert refused.status_code == 503 and refused.json()["status"] == "error"
+    assert time.monotonic() - started < 8  # within the publish timeout, not hanging
+    ready = httpx.get(f"{bus.api}/readyz", timeout=5)
+    assert ready.status_code == 503
+    node.start()
+
+
+def test_the_bus_rides_out_a_broker_restart_and_a_crash(
+    rabbit_bus: Bus, private_rabbit: PrivateRabbit
+) -> None:
+    bus = rabbit_bus
+    bus.start_all(RELAY_HEARTBEAT="2", RELAY_PUBLISH_TIMEOUT="3")
+    ids = [send_task(bus, "nap", payload={"seconds": 0.3}) for _ in range(20)]
+
+    outage(bus, private_rabbit, kill=False)
+    ids.append(wait_for(lambda: accepted(bus), timeout=60, what="sends to be accepted again"))
+    ids += [send_task(bus, "nap", payload={"seconds": 0.3}) for _ in range(20)]
+
+    outage(bus, private_rabbit, kill=True)
+    ids.append(wait_for(lambda: accepted(bus), timeout=60, what="sends to be accepted again"))
+    ids += [send_task(bus, "echo") for _ in range(10)]
+
+    assert_exactly_once(bus.database_url, ids, timeout=120)
+    assert all(p.popen.poll() is None for p in bus.procs)  # nobody had to be restarted

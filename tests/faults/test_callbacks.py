@@ -1,0 +1,82 @@
+"""The callback endpoint failing, and a child killed between its callback and its ack."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import Bus, wait_for
+from tests.e2e.test_flow import finished, record, send_task
+from tests.faults.conftest import assert_exactly_once, ledger
+from tests.faults.proxy import callback_proxy
+
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
+]
+
+HANDLERS = ("--handlers", "bus_handlers:handlers")
+
+
+def test_callbacks_failing_for_a_while_are_retried_until_they_go_through(bus: Bus) -> None:
+    bus.start_tracker()
+    bus.start_api()
+    with callback_proxy(bus.api) as proxy:
+        proxy.mode = "fail"
+        bus.start_child(
+            "child", *HANDLERS, LYNKER_API_BASE=proxy.url, RELAY_CALLBACK_BACKOFF="0.1",
+            RELAY_RETRY='{"default": {"max_retries": 8, "backoff": 0.5, "factor": 1.5}}',
+        )  # fmt: skip
+        ids = [send_task(bus, "echo") for _ in range(10)]
+        wait_for(lambda: proxy.refused_callbacks >= 30, what="callbacks to fail for a while")
+        proxy.mode = "pass"
+        assert_exactly_once(bus.database_url, ids)
+    _, counts = ledger(bus.database_url)
+    assert all(counts.get((t, "retry"), 0) >= 1 for t in ids)
+
+
+def test_a_callback_that_never_succeeds_parks_the_task_and_replay_completes_it(bus: Bus) -> None:
+    bus.start_tracker()
+    bus.start_api()
+    count = bus.workdir / "runs.count"
+    with callback_proxy(bus.api) as proxy:
+        proxy.mode = "fail"
+        bus.start_child(
+            "child", *HANDLERS, LYNKER_API_BASE=proxy.url, RELAY_CALLBACK_BACKOFF="0.05"
+        )
+        task_id = send_task(bus, "flaky", payload={"counter": str(count), "fail_times": 0})
+        failed = wait_for(lambda: finished(bus, task_id), timeout=60)
+        assert failed["task_status"] == "failed" and "retries exhausted" in failed["error"]
+        proxy.mode = "pass"
+        replay = subprocess.run(
+            [sys.executable, "-m", "services.cli", "dlq", "replay", task_id],
+            env=bus.env(), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert replay.returncode == 0, replay.stderr
+        wait_for(lambda: record(bus, task_id)["task_status"] == "completed", timeout=60)
+    assert_exactly_once(bus.database_url, [task_id])
+    assert int(count.read_text()) == 1  # the handler ran once; only its callback was retried
+
+
+def test_a_child_killed_after_its_callback_before_its_ack_does_not_run_it_again(
+    bus: Bus,
+) -> None:
+    bus.start_tracker()
+    bus.start_api()
+    count = bus.workdir / "runs.count"
+    with callback_proxy(bus.api) as proxy:
+        proxy.mode = "hold"
+        victim = bus.start_child("child", *HANDLERS, LYNKER_API_BASE=proxy.url)
+        task_id = send_task(bus, "flaky", payload={"counter": str(count), "fail_times": 0})
+        assert proxy.held.wait(30), "the callback never reached the API"
+        victim.popen.send_signal(signal.SIGKILL)  # the completion is on the bus, the ack is not
+        victim.popen.wait(10)
+        proxy.release.set()
+        bus.start_child("child", *HANDLERS)
+        assert_exactly_once(bus.database_url, [task_id])
+        wait_for(lambda: bus.namespace.queue_depth(bus.namespace.topo.pool_queue("child")) == 0)
+    assert int(count.read_text()) == 1
+    assert proxy.forwarded_callbacks == 1
