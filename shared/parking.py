@@ -128,19 +128,18 @@ class ParkingLots:
             async with self._held(pool) as held:
                 for message in held:
                     if task_id is None or message.message_id == task_id:
-                        await self._replay_one(pool, message)
-                        count += 1
+                        count += await self._replay_one(pool, message)
                         if task_id is not None:
                             return count
         return count
 
-    async def _replay_one(self, pool: str, message: AbstractIncomingMessage) -> None:
-        """Republish confirmed, then ack; a message that is not a task stays parked."""
+    async def _replay_one(self, pool: str, message: AbstractIncomingMessage) -> int:
+        """Republish confirmed, then ack; 1, or 0 for a message that is not a task (it stays)."""
         try:
             task = TaskMessage.model_validate_json(message.body)
         except ValueError:
             log.warning("not replaying %s: it is not a valid task", message.message_id)
-            return
+            return 0
         replays = _describe(pool, message).replays + 1
         # The event first: the tracker moves the task out of `failed` before its new attempt.
         event = Event(
@@ -170,6 +169,7 @@ class ParkingLots:
         )
         await message.ack()
         log.info("replayed %s to pool %s (replay %d)", task.task_id, pool, replays)
+        return 1
 
     async def purge(self, pools: list[str]) -> int:
         count = 0

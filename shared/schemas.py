@@ -14,6 +14,8 @@ from pydantic import (
     model_validator,
 )
 
+from shared.topology import Topology
+
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 Cmd = Annotated[str, StringConstraints(min_length=1, max_length=128)]
@@ -60,6 +62,12 @@ class SendFields(_NoNul):
 
 class SendRequest(SendFields):
     """POST /api/relay/send."""
+
+    @model_validator(mode="after")
+    def _task_goes_to_a_pool(self) -> Self:
+        if self.type == "task" and not Topology.is_pool_name(self.to):
+            raise ValueError("to: a task's pool name may not contain 'parked' or 'delay' as a word")
+        return self
 
     task_id: Ident | None = Field(
         default=None,

@@ -24,13 +24,15 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
 
 POOL_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+#: `x.parked` or `x.delay.100` as a pool would be pool x's parking lot or delay queue.
+_RESERVED_POOL = re.compile(r"(^|\.)(parked|delay)(\.|$)")
 #: A message delivered this many times without an ack (crash loops) is set aside.
 DELIVERY_LIMIT = 20
 #: Parked messages are read (and returned) by `convbus dlq list`; RabbitMQ 4 would otherwise
 #: drop them after its default limit of 20 returns.
 PARKED_DELIVERY_LIMIT = 1_000_000
 #: A delay queue nobody declared for this long is deleted (its messages left long before).
-DELAY_QUEUE_IDLE_MS = 3_600_000
+DELAY_QUEUE_IDLE_MS = 600_000
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,13 @@ class Topology:
     def tracker_queue(self) -> str:
         return f"{self.namespace}.tracker"
 
+    @staticmethod
+    def is_pool_name(name: str) -> bool:
+        """1-64 of [A-Za-z0-9_.:-], and not a name that would collide with a pool's own queues."""
+        return bool(POOL_PATTERN.fullmatch(name)) and not _RESERVED_POOL.search(name)
+
     def pool_queue(self, pool: str) -> str:
-        if not POOL_PATTERN.fullmatch(pool):
+        if not self.is_pool_name(pool):
             raise ValueError(f"invalid pool name {pool!r}")
         return f"{self.namespace}.pool.{pool}"
 

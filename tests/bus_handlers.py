@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,9 @@ async def later(task: TaskMessage) -> dict[str, Any]:
 async def never(task: TaskMessage) -> None:
     _count(task.payload or {})
     raise NeverRetry("the chart is unreadable")
+
+
+@handlers.handler("crash")
+def crash(task: TaskMessage) -> None:
+    """Kills the worker that runs it, as a segfaulting library would."""
+    os._exit(3)

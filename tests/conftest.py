@@ -118,6 +118,17 @@ class Namespace:
     name: str
     amqp_url: str
     pools: set[str] = field(default_factory=set)
+    #: Delays (ms) of the retry queues the test may have made.
+    delays: set[int] = field(default_factory=set)
+
+    def add_retry_policy(self, policy_json: str) -> None:
+        from shared.retry import RetryPolicies
+
+        policies = RetryPolicies.model_validate_json(policy_json)
+        for policy in [policies.default, *policies.pools.values(), *policies.cmds.values()]:
+            self.delays.update(
+                d for a in range(1, policy.max_retries + 1) if (d := policy.delay_ms(a))
+            )
 
     @property
     def topo(self) -> Topology:
@@ -147,6 +158,7 @@ class Namespace:
 
     def delete(self) -> None:
         exchanges, queues = self.topo.names(sorted(self.pools))
+        queues += [self.topo.delay_queue(p, d) for p in self.pools for d in self.delays]
         connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
         try:
             channel = connection.channel()
@@ -270,6 +282,7 @@ class Bus:
 
     def start_child(self, pool: str = "child", *args: str, **env: str) -> Proc:
         self.namespace.pools.add(pool)
+        self.namespace.add_retry_policy(self.env(**env)["RELAY_RETRY"])
         return self.start(f"child-{pool}", "child", "--pool", pool, *args, **env)
 
     def start_all(self, pool: str = "child", **env: str) -> None:

@@ -8,7 +8,7 @@ import logging
 import aiohttp
 
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
-from shared.schemas import FINAL_STATES, CallbackRequest, CallbackResponse
+from shared.schemas import CallbackRequest, CallbackResponse
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,11 @@ class CallbackClient:
         if self._session is not None:
             await self._session.close()
 
-    async def is_final(self, task_id: str) -> bool:
-        """Whether the bus already records the task completed or failed (False if unsure)."""
+    async def is_completed(self, task_id: str) -> bool:
+        """Whether the bus already records the task completed (False if unsure).
+
+        Not `failed`: a replayed task reads `failed` until the tracker applies the replay.
+        """
         url = f"{self.url.removesuffix('/callback')}/task-status/{task_id}"
         try:
             async with self._get_session().get(url, timeout=self._timeout) as response:
@@ -56,7 +59,7 @@ class CallbackClient:
                 body = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return False
-        return isinstance(body, dict) and body.get("task_status") in FINAL_STATES
+        return isinstance(body, dict) and body.get("task_status") == "completed"
 
     def delays(self) -> list[float]:
         """Seconds to wait after each failed attempt: backoff, twice that, four times, ...

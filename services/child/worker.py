@@ -21,6 +21,7 @@ from shared.errors import (
     BusError,
     CallbackFailed,
     CallbackRefused,
+    ConfigError,
     NeverRetry,
     RetryLater,
     UnknownTask,
@@ -71,7 +72,9 @@ class Worker:
         self.pool = pool
         self.registry = registry
         self.topo = Topology(settings.namespace)
-        self.queue_name = self.topo.pool_queue(pool)  # validates the name before connecting
+        if not self.topo.is_pool_name(pool):
+            raise ConfigError(f"--pool {pool!r}: not a valid pool name")
+        self.queue_name = self.topo.pool_queue(pool)
         self.child_id = settings.worker_name
         self.callback = callback or CallbackClient(
             settings.api_base,
@@ -164,8 +167,8 @@ class Worker:
         outcome = self.finished.get(task.task_id)
         if outcome is None:
             may_be_done = message.redelivered or attempt > 1
-            if may_be_done and await self.callback.is_final(task.task_id):
-                log.info("task %s is already final on the bus; not running it again", task.task_id)
+            if may_be_done and await self.callback.is_completed(task.task_id):
+                log.info("task %s is completed on the bus; not running it again", task.task_id)
                 return Verdict.ACK
             processing = asyncio.create_task(self._publish_processing(task, attempt))
             try:
@@ -251,6 +254,7 @@ class Worker:
             headers={
                 amqp.ATTEMPT_HEADER: attempt + 1,
                 amqp.LAST_ERROR_HEADER: retry.reason[:1000],
+                amqp.REPLAYS_HEADER: (message.headers or {}).get(amqp.REPLAYS_HEADER, 0),
             },
         )
         next_at = utcnow() + timedelta(milliseconds=delay_ms)
@@ -261,7 +265,9 @@ class Worker:
             retry.reason,
             next_at,
         )
-        await self._publish_event(
+        # Best effort, like `processing`: the retry itself is already safe in the delay queue,
+        # and requeueing the delivery now would run the task twice.
+        await self._publish_event_softly(
             Event(
                 event_id=new_event_id(),
                 event="retry",
@@ -309,10 +315,14 @@ class Worker:
             child_id=self.child_id,
             attempt=attempt,
         )
+        await self._publish_event_softly(event)
+
+    async def _publish_event_softly(self, event: Event) -> None:
+        """Publish an event whose loss costs only detail in the log."""
         try:
             await self._publish_event(event)
         except BusError as exc:
-            log.warning("could not publish processing for %s: %s", task.task_id, exc)
+            log.warning("could not publish %s for %s: %s", event.event, event.task_id, exc)
 
     async def _publish_event(self, event: Event) -> None:
         assert self._declared is not None

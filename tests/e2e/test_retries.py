@@ -96,6 +96,7 @@ def test_out_of_retries_the_task_is_parked_failed_and_replay_completes_it(bus: B
 
 def test_retry_later_and_never_retry(bus: Bus) -> None:
     bus.start_all()
+    bus.namespace.delays.add(300)
     later = send_task(bus, "later", payload={"counter": str(counter(bus, "later")), "delay": 0.3})
     never = send_task(bus, "never", payload={"counter": str(counter(bus, "never"))})
     assert wait_for(lambda: finished(bus, later))["task_status"] == "completed"
