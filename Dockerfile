@@ -12,8 +12,11 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY README.md ./
 COPY shared ./shared
 COPY services ./services
-RUN pip install --no-deps . && useradd --create-home --uid 10001 convbus
+RUN pip install --no-deps . && useradd --create-home --uid 10001 convbus \
+ && mkdir -p /var/lib/convbus && chown convbus:convbus /var/lib/convbus
 USER convbus
+# The child's record of finished handlers (see docs/reliability.md).
+ENV RELAY_STATE_DIR=/var/lib/convbus
 
 EXPOSE 8008
 CMD ["convbus", "api", "--host", "0.0.0.0"]

@@ -180,3 +180,26 @@ def test_names_without_pools_still_lists_the_core(topo: Topology) -> None:
 def test_every_name_starts_with_the_namespace(topo: Topology) -> None:
     exchanges, queues = topo.names(["child"])
     assert all(name.startswith("ns1.") for name in exchanges + queues)
+
+
+@pytest.mark.parametrize("name", ["x.parked", "parked", "a.delay.100", "delay", "a.parked.b"])
+def test_names_of_a_pools_own_queues_are_not_pools(topo: Topology, name: str) -> None:
+    assert not Topology.is_pool_name(name)
+    with pytest.raises(ValueError):
+        topo.pool_queue(name)
+
+
+@pytest.mark.parametrize("name", ["parkedx", "delayed", "my.pool", "child_bazi", "a:b-c"])
+def test_words_that_only_look_alike_are_pools(name: str) -> None:
+    assert Topology.is_pool_name(name)
+
+
+def test_a_task_for_a_reserved_name_is_refused_at_the_api() -> None:
+    from pydantic import ValidationError
+
+    from shared.schemas import SendRequest
+
+    with pytest.raises(ValidationError, match="pool name"):
+        SendRequest.model_validate({"from": "m", "to": "child.parked", "type": "task"})
+    # A message to such a name is fine: it is no pool.
+    SendRequest.model_validate({"from": "m", "to": "child.parked", "type": "message"})
