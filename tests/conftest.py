@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -306,10 +307,9 @@ def _http_ready(base: str, proc: Proc) -> bool:
         return False
 
 
-@pytest.fixture
-def bus(namespace: Namespace, database_url: str, tmp_path: Path) -> Iterator[Bus]:
-    """The bus's processes for one test; stopped (and their logs shown) at the end."""
-    instance = Bus(namespace=namespace, database_url=database_url, workdir=tmp_path)
+@contextlib.contextmanager
+def running(instance: Bus) -> Iterator[Bus]:
+    """Stop the bus's processes at the end and print their logs (pytest shows them on failure)."""
     try:
         yield instance
     finally:
@@ -317,6 +317,13 @@ def bus(namespace: Namespace, database_url: str, tmp_path: Path) -> Iterator[Bus
         for proc in instance.procs:
             print(f"----- {proc.name} (exit {proc.popen.returncode}) -----")
             print(proc.output()[-4000:])
+
+
+@pytest.fixture
+def bus(namespace: Namespace, database_url: str, tmp_path: Path) -> Iterator[Bus]:
+    """The bus's processes for one test, in its own namespace and database."""
+    with running(Bus(namespace=namespace, database_url=database_url, workdir=tmp_path)) as b:
+        yield b
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

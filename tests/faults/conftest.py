@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Bus, Namespace, free_port, unavailable, wait_for
+from tests.conftest import Bus, Namespace, free_port, running, unavailable, wait_for
 
 
 def _port_open(port: int) -> bool:
@@ -183,16 +183,9 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 def rabbit_bus(private_rabbit: PrivateRabbit, tmp_path: Path) -> Iterator[Bus]:
     """A bus on the private broker (SQLite), so the broker can be killed under it."""
     namespace = Namespace(name=f"f{uuid.uuid4().hex[:10]}", amqp_url=private_rabbit.url)
-    bus = Bus(
-        namespace=namespace, database_url=f"sqlite:///{tmp_path / 'bus.db'}", workdir=tmp_path
-    )
-    try:
+    database_url = f"sqlite:///{tmp_path / 'bus.db'}"
+    with running(Bus(namespace=namespace, database_url=database_url, workdir=tmp_path)) as bus:
         yield bus
-    finally:
-        bus.stop_all()
-        for proc in bus.procs:
-            print(f"----- {proc.name} (exit {proc.popen.returncode}) -----")
-            print(proc.output()[-4000:])
 
 
 @pytest.fixture
@@ -200,14 +193,9 @@ def postgres_bus(
     private_postgres: PrivatePostgres, namespace: Namespace, tmp_path: Path
 ) -> Iterator[Bus]:
     """A bus whose tracker writes to the private PostgreSQL, so it can be stopped under it."""
-    bus = Bus(namespace=namespace, database_url=private_postgres.url, workdir=tmp_path)
-    try:
+    database_url = private_postgres.url
+    with running(Bus(namespace=namespace, database_url=database_url, workdir=tmp_path)) as bus:
         yield bus
-    finally:
-        bus.stop_all()
-        for proc in bus.procs:
-            print(f"----- {proc.name} (exit {proc.popen.returncode}) -----")
-            print(proc.output()[-4000:])
 
 
 def pause(seconds: float) -> None:
