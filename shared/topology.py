@@ -17,11 +17,16 @@ Names (``ns`` is RELAY_NAMESPACE):
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
+
+from shared.errors import ConfigError
 
 POOL_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 #: `x.parked` or `x.delay.100` as a pool would be pool x's parking lot or delay queue.
@@ -157,11 +162,29 @@ async def _declare_with_parking(
     return await channel.declare_queue(queue, durable=True, arguments=args)
 
 
+@contextlib.contextmanager
+def _refusals_explained(topo: Topology) -> Iterator[None]:
+    """RabbitMQ refuses a redeclaration with other arguments; say what that means."""
+    try:
+        yield
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise ConfigError(
+            f"RabbitMQ refused the topology of namespace {topo.namespace!r} ({exc}): an exchange "
+            "or queue of that name exists with other arguments, declared by another version of "
+            "the bus. Use another RELAY_NAMESPACE, or delete the old exchanges and queues."
+        ) from exc
+
+
 async def declare_core(channel: AbstractChannel, topo: Topology) -> Declared:
     """Declare the exchanges and the tracker's queue: every service does this at start.
 
     The tracker's queue is declared by all, so that no send is routed before it exists.
     """
+    with _refusals_explained(topo):
+        return await _declare_core(channel, topo)
+
+
+async def _declare_core(channel: AbstractChannel, topo: Topology) -> Declared:
     tasks = await channel.declare_exchange(topo.tasks_exchange, ExchangeType.TOPIC, durable=True)
     events = await channel.declare_exchange(topo.events_exchange, ExchangeType.TOPIC, durable=True)
     dead = await channel.declare_exchange(topo.dead_exchange, ExchangeType.TOPIC, durable=True)
@@ -178,9 +201,10 @@ async def declare_pool(
     channel: AbstractChannel, topo: Topology, declared: Declared, pool: str
 ) -> AbstractQueue:
     """Declare a pool's queue and its parked queue, bound to the tasks exchange."""
-    queue = await _declare_with_parking(
-        channel, topo, declared.dead, topo.pool_queue(pool), topo.pool_queue_arguments(pool)
-    )
+    with _refusals_explained(topo):
+        queue = await _declare_with_parking(
+            channel, topo, declared.dead, topo.pool_queue(pool), topo.pool_queue_arguments(pool)
+        )
     await queue.bind(declared.tasks, routing_key=topo.task_routing_key(pool))
     return queue
 

@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from shared import amqp
-from shared.errors import BrokerUnavailable
+from shared.errors import BrokerUnavailable, BusError
 from shared.parking import ParkingLots
 from shared.schemas import Event, TaskMessage
 from shared.settings import ApiSettings
@@ -36,15 +37,24 @@ class BrokerLink:
         self._task = asyncio.create_task(self._connect(), name="broker-connect")
 
     async def _connect(self) -> None:
-        try:
-            connection = await amqp.connect_with_retry(self.settings, "convbus-api", self._stop)
-        except BrokerUnavailable:
+        """Connect and declare; on a refused topology, say so and try again (sends get 503)."""
+        while not self._stop.is_set():
+            try:
+                connection = await amqp.connect_with_retry(self.settings, "convbus-api", self._stop)
+            except BrokerUnavailable:
+                return
+            try:
+                channel = await amqp.open_publisher_channel(connection)
+                self._declared = await declare_core(channel, self.topo)
+            except (BusError, aiormq.exceptions.AMQPError, RuntimeError, OSError) as exc:
+                log.error("%s; retrying in 10 s", exc)
+                await connection.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 10)
+                continue
+            self._connection, self._channel = connection, channel
+            log.info("connected to RabbitMQ, namespace %r", self.settings.namespace)
             return
-        self._connection = connection
-        channel = await amqp.open_publisher_channel(connection)
-        self._declared = await declare_core(channel, self.topo)
-        self._channel = channel
-        log.info("connected to RabbitMQ, namespace %r", self.settings.namespace)
 
     async def close(self) -> None:
         self._stop.set()

@@ -110,3 +110,19 @@ def test_poison_messages_are_parked_and_the_rest_flows(bus: Bus) -> None:
     assert bus.namespace.queue_depth(pool_queue) == 0
     assert bus.namespace.queue_depth(topo.tracker_queue) == 0
     assert all(p.popen.poll() is None for p in bus.procs)
+
+
+def test_a_namespace_declared_otherwise_is_refused_with_a_clear_message(bus: Bus) -> None:
+    """RabbitMQ refuses to redeclare with other arguments; the services say what that means."""
+    channel = bus.namespace.channel()
+    try:
+        channel.exchange_declare(bus.namespace.topo.dead_exchange, "direct", durable=True)
+    finally:
+        channel.connection.close()
+    api = bus.start("api", "api", "--port", str(bus.api_port))
+    child = bus.start_child("child")
+    assert child.popen.wait(60) != 0
+    assert "RabbitMQ refused the topology" in child.output()
+    wait_for(lambda: "RabbitMQ refused the topology" in api.output(), what="the API to say why")
+    ready = httpx.get(f"{bus.api}/readyz", timeout=5)
+    assert ready.status_code == 503 and api.popen.poll() is None
