@@ -49,7 +49,10 @@ def cmd_api(args: argparse.Namespace) -> None:
     settings = _settings(ApiSettings)
     host = args.host or settings.host
     port = args.port or settings.port
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except BusError as exc:
+        raise SystemExit(f"convbus: {exc}") from exc
     uvicorn.run(
         app,
         host=host,

@@ -1,6 +1,7 @@
 """Task and event ids: unique under any concurrency, unguessable, and verifiable without a database.
 
-A task id is ``t_`` + base32hex(6-byte milliseconds + 10 random bytes) + base32hex(8-byte HMAC).
+A task id is ``t_`` + base32hex(6-byte milliseconds + 10 random bytes) + base32hex(8-byte HMAC)
++ base32hex(5-byte HMAC of the body and the pool it was routed to).
 The API can tell a task id it issued from a guess by checking the HMAC, so a callback or a
 status query for a task the tracker has not recorded yet is neither refused nor answered 404.
 """
@@ -17,7 +18,8 @@ from datetime import UTC, datetime
 TASK_PREFIX = "t_"
 _BODY_LEN = 26  # base32 of 16 bytes, unpadded
 _MAC_LEN = 13  # base32 of 8 bytes, unpadded
-TASK_ID_LEN = len(TASK_PREFIX) + _BODY_LEN + _MAC_LEN
+_POOL_MAC_LEN = 8  # base32 of 5 bytes: binds the id to the pool it was routed to
+TASK_ID_LEN = len(TASK_PREFIX) + _BODY_LEN + _MAC_LEN + _POOL_MAC_LEN
 
 
 def _b32(raw: bytes) -> str:
@@ -47,11 +49,28 @@ class TaskIds:
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._secret, body, hashlib.sha256).digest()[:8]
 
-    def new(self, now_ms: int | None = None) -> str:
-        """A fresh id: time-ordered prefix, 80 random bits, 64-bit signature."""
+    def _pool_mac(self, body: bytes, pool: str) -> bytes:
+        return hmac.new(self._secret, b"pool\x00" + body + pool.encode(), hashlib.sha256).digest()[
+            :5
+        ]
+
+    def new(self, pool: str = "", now_ms: int | None = None) -> str:
+        """A fresh id for a task routed to `pool`: time-ordered, 80 random bits, signed."""
         ms = int(time.time() * 1000) if now_ms is None else now_ms
         body = ms.to_bytes(6, "big") + secrets.token_bytes(10)
-        return TASK_PREFIX + _b32(body) + _b32(self._mac(body))
+        return TASK_PREFIX + _b32(body) + _b32(self._mac(body)) + _b32(self._pool_mac(body, pool))
+
+    def routed_to(self, task_id: str, pool: str) -> bool:
+        """Whether `task_id` is an id we issued for a task routed to `pool`."""
+        if self.issued_at(task_id) is None:
+            return False
+        text = task_id[len(TASK_PREFIX) :]
+        body = _unb32(text[:_BODY_LEN])
+        try:
+            pool_mac = _unb32(text[_BODY_LEN + _MAC_LEN :])
+        except ValueError:
+            return False
+        return hmac.compare_digest(pool_mac, self._pool_mac(body, pool))
 
     def issued_at(self, task_id: str) -> datetime | None:
         """When this API issued `task_id`, or None if it is not an id signed with our secret."""
@@ -60,7 +79,8 @@ class TaskIds:
         text = task_id[len(TASK_PREFIX) :]
         try:
             body = _unb32(text[:_BODY_LEN])
-            mac = _unb32(text[_BODY_LEN:])
+            mac = _unb32(text[_BODY_LEN : _BODY_LEN + _MAC_LEN])
+            _unb32(text[_BODY_LEN + _MAC_LEN :])  # canonical spelling of the pool part too
         except ValueError:
             return None
         if not hmac.compare_digest(mac, self._mac(body)):

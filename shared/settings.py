@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import socket
 from functools import cached_property
+from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -50,8 +51,33 @@ class BusSettings(BaseSettings):
         )
 
 
+Scope = Literal["send", "callback", "read", "admin"]
+
+
+class KeySpec(BaseModel):
+    """One API key: who holds it (its name), what it may do, which pools; stored as a hash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    #: Hex SHA-256 of the key (`convbus key new` prints both).
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: frozenset[Scope]
+    #: Pools it may send tasks to and call back for; None: every pool.
+    pools: frozenset[str] | None = None
+    #: May send with a `from` other than its own name.
+    send_as_any: bool = False
+
+
 class ApiSettings(BusSettings):
     """The HTTP API."""
+
+    #: Scoped keys (RELAY_KEYS, a JSON list), beside RELAY_API_KEY's key with every scope.
+    keys: list[KeySpec] = Field(default_factory=list)
+    #: A JSON file with more keys, in the same form.
+    keys_file: str | None = None
+    #: Open GET /logs without a key (the seed's behaviour); default: only in dev mode.
+    public_logs: bool | None = None
 
     host: str = "127.0.0.1"
     port: int = Field(default=8008, ge=1, le=65535)

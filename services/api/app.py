@@ -12,13 +12,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp
 
 from services.api import dlq, errors
+from services.api.auth import KeyRing
 from services.api.broker import BrokerLink
 from services.api.deps import Services, ServicesDep
 from services.api.guard import RequestGuard
 from services.api.queries import Reader
 from services.api.routes import router
 from shared.db import create_schema, make_engine
-from shared.errors import DatabaseUnavailable
+from shared.errors import ConfigError, DatabaseUnavailable
 from shared.ids import TaskIds, derive_secret
 from shared.settings import ApiSettings
 
@@ -27,8 +28,16 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: ApiSettings) -> ASGIApp:
     """The API as an ASGI app (FastAPI behind the request guard)."""
-    api_key = settings.effective_api_key()
-    secret = settings.id_secret.get_secret_value() if settings.id_secret else api_key
+    keys = KeyRing.from_settings(settings)
+    if settings.id_secret is not None:
+        secret = settings.id_secret.get_secret_value()
+    elif settings.api_key is not None or settings.dev_mode:
+        secret = settings.effective_api_key()
+    else:
+        raise ConfigError(
+            "RELAY_ID_SECRET is not set: with scoped keys only, set it to a long random secret "
+            "(the same on every API replica); it signs task ids"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,7 +50,7 @@ def create_app(settings: ApiSettings) -> ASGIApp:
         broker.start()
         app.state.services = Services(
             settings=settings,
-            api_key=api_key.encode(),
+            keys=keys,
             broker=broker,
             reader=Reader(engine),
             ids=TaskIds(derive_secret(secret)),

@@ -7,11 +7,12 @@ import json
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.api.deps import Authorized, Services, ServicesDep
-from services.api.errors import ApiError
+from services.api.auth import Principal
+from services.api.deps import AckKey, CallbackKey, SendKey, Services, ServicesDep, require
+from services.api.errors import UNAUTHORIZED, ApiError
 from services.api.queries import LogFilter
 from shared.errors import DatabaseUnavailable
 from shared.ids import TASK_PREFIX, callback_event_id, new_event_id, utcnow
@@ -33,7 +34,7 @@ from shared.schemas import (
 
 router = APIRouter(prefix="/api/relay")
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 503)
 }
 _SEND_FIELDS = {"from_", "to", "type", "cmd", "payload", "text", "conversation_id"}
 MAX_LOG_LIMIT = 1000
@@ -50,11 +51,18 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("/send", response_model=SendResponse, responses=_ERRORS, dependencies=[Authorized])
+@router.post("/send", response_model=SendResponse, responses=_ERRORS)
 async def send(
-    body: SendRequest, services: ServicesDep, idempotency_key: IdempotencyKey = None
+    body: SendRequest,
+    services: ServicesDep,
+    principal: SendKey,
+    idempotency_key: IdempotencyKey = None,
 ) -> SendResponse:
     """Send a task to a child pool, or a message; 200 once RabbitMQ confirmed it."""
+    if body.from_ != principal.name and not principal.send_as_any:
+        raise ApiError(403, f"Forbidden: this key sends as {principal.name!r} only")
+    if body.type == "task" and not principal.may_serve(body.to):
+        raise ApiError(403, f"Forbidden: this key may not send to pool {body.to!r}")
     now = utcnow()
     fields = body.model_dump(include=_SEND_FIELDS)
     if body.type == "message":
@@ -70,10 +78,9 @@ async def send(
             raise ApiError(422, f"a client-chosen task_id must not start with {TASK_PREFIX!r}")
         return await _send_once(f"task/{body.task_id}", body.task_id, body, fields, services)
     if idempotency_key is not None:
-        return await _send_once(
-            f"idem/{idempotency_key}", services.ids.new(), body, fields, services
-        )
-    task = TaskMessage(task_id=services.ids.new(), created_at=now, **fields)
+        task_id = services.ids.new(body.to)
+        return await _send_once(f"idem/{idempotency_key}", task_id, body, fields, services)
+    task = TaskMessage(task_id=services.ids.new(body.to), created_at=now, **fields)
     await services.broker.publish_task(task)
     return SendResponse(task_id=task.task_id)
 
@@ -128,9 +135,10 @@ async def _known(task_id: str, services: Services) -> str | None:
     response_model=CallbackResponse,
     response_model_exclude_none=True,
     responses=_ERRORS,
-    dependencies=[Authorized],
 )
-async def callback(body: CallbackRequest, services: ServicesDep) -> CallbackResponse:
+async def callback(
+    body: CallbackRequest, services: ServicesDep, principal: CallbackKey
+) -> CallbackResponse:
     """A child reports a task's outcome; 200 once the completion is durably on the bus.
 
     A completion the tracker already recorded is a duplicate. One still in flight is published
@@ -138,6 +146,7 @@ async def callback(body: CallbackRequest, services: ServicesDep) -> CallbackResp
     """
     if services.ids.issued_at(body.task_id) is None:
         await _known(body.task_id, services)  # 404 unless it is a client-chosen id we sent
+    await _check_pool(principal, body.task_id, services)
     event_id = callback_event_id(body.task_id)
     try:
         if await services.reader.has_event(event_id):
@@ -159,8 +168,22 @@ async def callback(body: CallbackRequest, services: ServicesDep) -> CallbackResp
     return CallbackResponse()
 
 
-@router.post("/ack", response_model=Ok, responses=_ERRORS, dependencies=[Authorized])
-async def ack(body: AckRequest, services: ServicesDep) -> Ok:
+async def _check_pool(principal: Principal, task_id: str, services: Services) -> None:
+    """403 unless the key may serve the pool the task was routed to."""
+    if principal.pools is None:
+        return
+    if services.ids.issued_at(task_id) is not None:
+        if any(services.ids.routed_to(task_id, pool) for pool in principal.pools):
+            return
+    else:
+        row = await services.reader.task(task_id)  # a client-chosen id: the tracker knows
+        if row is not None and row["recipient"] in principal.pools:
+            return
+    raise ApiError(403, "Forbidden: this key may not call back tasks of that pool")
+
+
+@router.post("/ack", response_model=Ok, responses=_ERRORS)
+async def ack(body: AckRequest, services: ServicesDep, principal: AckKey) -> Ok:
     """Record that the master or a child saw a task's outcome."""
     await _known(body.task_id, services)
     event = Event(
@@ -222,7 +245,23 @@ class LogQuery(BaseModel):
     after: Annotated[int | None, Field(ge=0)] = None
 
 
-@router.get("/logs", response_model=LogsResponse, responses=_ERRORS)
+async def _may_read_logs(
+    services: ServicesDep,
+    key: Annotated[str | None, Header(alias="X-Relay-API-Key", include_in_schema=False)] = None,
+) -> None:
+    """Logs carry payloads and user text: the `read` scope, unless they are public."""
+    public = services.settings.public_logs
+    if public if public is not None else services.settings.dev_mode:
+        return
+    principal = services.keys.find(key) if key is not None else None
+    if principal is None:
+        raise ApiError(401, UNAUTHORIZED)
+    require(principal, "read")
+
+
+@router.get(
+    "/logs", response_model=LogsResponse, responses=_ERRORS, dependencies=[Depends(_may_read_logs)]
+)
 async def logs(services: ServicesDep, q: Annotated[LogQuery, Query()]) -> LogsResponse:
     """The last `limit` log entries, oldest first; or, with `after`, the next ones."""
     if not 1 <= q.limit <= MAX_LOG_LIMIT:

@@ -40,7 +40,7 @@ def record(bus: Bus, task_id: str) -> dict[str, Any]:
 
 
 def logs(bus: Bus, **params: Any) -> list[dict[str, Any]]:
-    response = httpx.get(f"{bus.api}/api/relay/logs", params=params, timeout=5)
+    response = httpx.get(f"{bus.api}/api/relay/logs", params=params, headers=AUTH, timeout=5)
     assert response.status_code == 200, response.text
     entries: list[dict[str, Any]] = response.json()["logs"]
     return entries
@@ -142,7 +142,9 @@ def test_logs_filters_limit_and_after(bus: Bus) -> None:
     assert logs(bus, **{"from": "nobody"}) == []
     assert len(logs(bus, to="user:a", event="message")) == 5
     for bad in ("0", "1001", "abc", "-5"):
-        response = httpx.get(f"{bus.api}/api/relay/logs", params={"limit": bad}, timeout=5)
+        response = httpx.get(
+            f"{bus.api}/api/relay/logs", params={"limit": bad}, headers=AUTH, timeout=5
+        )
         assert response.status_code == 400
         assert response.json()["status"] == "error" and response.json()["msg"]
 

@@ -159,7 +159,8 @@ def serve(channel: Any, ns: str, api_base: str, queue: str, want: int) -> list[d
 
 
 def _get(bus: Bus, path: str, **params: Any) -> dict[str, Any]:
-    response = httpx.get(f"{bus.api}/api/relay/{path}", params=params, timeout=5)
+    headers = {"X-Relay-API-Key": API_KEY}
+    response = httpx.get(f"{bus.api}/api/relay/{path}", params=params, headers=headers, timeout=5)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body

@@ -47,10 +47,10 @@ def test_task_ids_are_unique_even_within_one_millisecond(ids: TaskIds) -> None:
 def test_task_id_has_prefix_length_and_alphabet(ids: TaskIds) -> None:
     task_id = ids.new()
     assert TASK_PREFIX == "t_"
-    assert TASK_ID_LEN == 41
+    assert TASK_ID_LEN == 49
     assert len(task_id) == TASK_ID_LEN
     assert task_id.startswith(TASK_PREFIX)
-    assert re.fullmatch(r"t_[0-9a-v]{39}", task_id)
+    assert re.fullmatch(r"t_[0-9a-v]{47}", task_id)
 
 
 def test_task_ids_sort_as_strings_in_time_order(ids: TaskIds) -> None:
