@@ -78,6 +78,14 @@ class ApiSettings(BusSettings):
     keys_file: str | None = None
     #: Open GET /logs without a key (the seed's behaviour); default: only in dev mode.
     public_logs: bool | None = None
+    #: Sends a second per key (token bucket, per API process; 0: no limit), and the burst.
+    send_rate: float = Field(default=2000.0, ge=0)
+    send_burst: float = Field(default=4000.0, ge=1)
+    #: Failed authentications a second per client address, and the burst; then 429.
+    auth_failure_rate: float = Field(default=0.5, ge=0)
+    auth_failure_burst: float = Field(default=20.0, ge=1)
+    #: Serve /docs, /redoc and /openapi.json (switch off in production if you like).
+    openapi: bool = True
 
     host: str = "127.0.0.1"
     port: int = Field(default=8008, ge=1, le=65535)

@@ -16,6 +16,7 @@ from services.api.auth import KeyRing
 from services.api.broker import BrokerLink
 from services.api.deps import Services, ServicesDep
 from services.api.guard import RequestGuard
+from services.api.limits import Limiter
 from services.api.queries import Reader
 from services.api.routes import router
 from shared.db import create_schema, make_engine
@@ -51,6 +52,8 @@ def create_app(settings: ApiSettings) -> ASGIApp:
         app.state.services = Services(
             settings=settings,
             keys=keys,
+            send_limits=Limiter(settings.send_rate, settings.send_burst),
+            auth_failures=Limiter(settings.auth_failure_rate, settings.auth_failure_burst),
             broker=broker,
             reader=Reader(engine),
             ids=TaskIds(derive_secret(secret)),
@@ -66,6 +69,9 @@ def create_app(settings: ApiSettings) -> ASGIApp:
         version="0.1.0",
         summary="A RabbitMQ message bus between a master AI, child AI workers and users.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.openapi else None,
+        redoc_url="/redoc" if settings.openapi else None,
+        openapi_url="/openapi.json" if settings.openapi else None,
     )
     errors.install(app)
     app.include_router(router)

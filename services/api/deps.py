@@ -11,6 +11,7 @@ from fastapi import Depends, Header, Request
 from services.api.auth import KeyRing, Principal
 from services.api.broker import BrokerLink
 from services.api.errors import UNAUTHORIZED, ApiError
+from services.api.limits import Limiter
 from services.api.queries import Reader
 from shared.ids import TaskIds
 from shared.settings import ApiSettings
@@ -22,6 +23,8 @@ class Services:
 
     settings: ApiSettings
     keys: KeyRing
+    send_limits: Limiter
+    auth_failures: Limiter
     broker: BrokerLink
     reader: Reader
     ids: TaskIds
@@ -35,14 +38,25 @@ def _services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(_services)]
 
 
-def _principal(
-    services: ServicesDep,
-    key: Annotated[str | None, Header(alias="X-Relay-API-Key", include_in_schema=False)] = None,
-) -> Principal:
+def authenticate(services: Services, request: Request, key: str | None) -> Principal:
+    """The key's holder; 401 for a missing or wrong key, 429 for a client that keeps failing."""
+    client = request.client.host if request.client else "unknown"
+    if wait := services.auth_failures.blocked(client):
+        raise ApiError(
+            429, "Too many failed authentications: retry later", {"Retry-After": str(wait)}
+        )
     principal = services.keys.find(key) if key is not None else None
     if principal is None:
+        services.auth_failures.take(client)
         raise ApiError(401, UNAUTHORIZED)
     return principal
+
+
+KeyHeader = Annotated[str | None, Header(alias="X-Relay-API-Key", include_in_schema=False)]
+
+
+def _principal(services: ServicesDep, request: Request, key: KeyHeader = None) -> Principal:
+    return authenticate(services, request, key)
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]

@@ -7,12 +7,21 @@ import json
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.auth import Principal
-from services.api.deps import AckKey, CallbackKey, SendKey, Services, ServicesDep, require
-from services.api.errors import UNAUTHORIZED, ApiError
+from services.api.deps import (
+    AckKey,
+    CallbackKey,
+    KeyHeader,
+    SendKey,
+    Services,
+    ServicesDep,
+    authenticate,
+    require,
+)
+from services.api.errors import ApiError
 from services.api.queries import LogFilter
 from shared.errors import DatabaseUnavailable
 from shared.ids import TASK_PREFIX, callback_event_id, new_event_id, utcnow
@@ -63,6 +72,8 @@ async def send(
         raise ApiError(403, f"Forbidden: this key sends as {principal.name!r} only")
     if body.type == "task" and not principal.may_serve(body.to):
         raise ApiError(403, f"Forbidden: this key may not send to pool {body.to!r}")
+    if wait := services.send_limits.take(principal.name):
+        raise ApiError(429, "Too many sends for this key: retry later", {"Retry-After": str(wait)})
     now = utcnow()
     fields = body.model_dump(include=_SEND_FIELDS)
     if body.type == "message":
@@ -245,18 +256,12 @@ class LogQuery(BaseModel):
     after: Annotated[int | None, Field(ge=0)] = None
 
 
-async def _may_read_logs(
-    services: ServicesDep,
-    key: Annotated[str | None, Header(alias="X-Relay-API-Key", include_in_schema=False)] = None,
-) -> None:
+async def _may_read_logs(services: ServicesDep, request: Request, key: KeyHeader = None) -> None:
     """Logs carry payloads and user text: the `read` scope, unless they are public."""
     public = services.settings.public_logs
     if public if public is not None else services.settings.dev_mode:
         return
-    principal = services.keys.find(key) if key is not None else None
-    if principal is None:
-        raise ApiError(401, UNAUTHORIZED)
-    require(principal, "read")
+    require(authenticate(services, request, key), "read")
 
 
 @router.get(

@@ -109,3 +109,34 @@ def test_scoped_keys_alone_need_an_id_secret(bus: Bus) -> None:
     )
     assert api.popen.wait(30) != 0
     assert "RELAY_ID_SECRET is not set" in api.output()
+
+
+def test_sends_and_failed_authentications_are_rate_limited(bus: Bus) -> None:
+    bus.start_api(
+        RELAY_KEYS=keys_json(),
+        RELAY_SEND_RATE="0.5",
+        RELAY_SEND_BURST="2",
+        RELAY_AUTH_FAILURE_RATE="0.5",
+        RELAY_AUTH_FAILURE_BURST="3",
+    )
+    message = {"from": "master", "to": "user:u1", "text": "hi"}
+    answers = [post(bus, "send", message, KEYS["master"]) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert_error(answers[2], 429)
+    assert int(answers[2].headers["Retry-After"]) >= 1
+    # Another key has its own bucket.
+    assert post(bus, "send", {**message, "from": "user:u123"}, KEYS["user"]).status_code == 200
+
+    failures = [post(bus, "send", message, "wrong").status_code for _ in range(4)]
+    assert failures == [401, 401, 401, 429]
+    # While the client is blocked, even a right key waits.
+    blocked = post(bus, "send", {**message, "from": "user:u123"}, KEYS["user"])
+    assert_error(blocked, 429)
+    assert "Retry-After" in blocked.headers
+
+
+def test_the_openapi_pages_can_be_switched_off(bus: Bus) -> None:
+    bus.start_api(RELAY_OPENAPI="false")
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        response = httpx.get(f"{bus.api}{path}", timeout=5)
+        assert response.status_code == 404 and response.json()["status"] == "error"
