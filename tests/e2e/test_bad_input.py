@@ -126,3 +126,25 @@ def test_a_namespace_declared_otherwise_is_refused_with_a_clear_message(bus: Bus
     wait_for(lambda: "RabbitMQ refused the topology" in api.output(), what="the API to say why")
     ready = httpx.get(f"{bus.api}/readyz", timeout=5)
     assert ready.status_code == 503 and api.popen.poll() is None
+
+
+def test_injection_looking_input_is_refused_or_inert(bus: Bus) -> None:
+    bus.start_tracker()
+    bus.start_api()
+    with httpx.Client(base_url=bus.api, timeout=10, headers=AUTH) as client:
+        for name in ("master\r\nX-Injected: 1", "a\nb", "master%0d%0a", "x'; DROP TABLE tasks;--"):
+            body = {"from": name, "to": "child", "text": "hi"}
+            response = client.post("/api/relay/send", json=body)
+            assert response.status_code == 422, (name, response.text)
+            assert "X-Injected" not in response.headers
+        marker = client.post("/api/relay/send", json={"from": "m", "to": "u", "text": "mark"})
+        assert marker.status_code == 200
+        wait_for(lambda: client.get("/api/relay/logs").json()["logs"], what="the marker")
+        for hostile in ("' OR '1'='1", 'x"; DROP TABLE log_entries; --', "%", "_", "*"):
+            for field in ("from", "to", "event", "task_id", "conversation_id"):
+                answer = client.get("/api/relay/logs", params={field: hostile})
+                assert answer.status_code == 200 and answer.json()["logs"] == [], (field, hostile)
+            status = client.get(f"/api/relay/task-status/{hostile}")
+            assert status.status_code in (404, 400) and status.json()["status"] == "error"
+        # The tables are intact: the marker is still there.
+        assert [e["text"] for e in client.get("/api/relay/logs").json()["logs"]] == ["mark"]
