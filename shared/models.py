@@ -106,6 +106,8 @@ class SendKey(SQLModel, table=True):
 
     key: str = Field(sa_column=Column(String(140), primary_key=True))
     task_id: str = Field(sa_column=Column(String(128), nullable=False))
+    #: The pool the task goes to (a pool-bound key's callback is checked against it).
+    pool: str | None = Field(default=None, sa_column=Column(String(64)))
     body_hash: str = Field(sa_column=Column(String(64), nullable=False))
     confirmed: bool = Field(default=False, nullable=False)
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))

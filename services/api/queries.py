@@ -28,6 +28,7 @@ class SendKeyRow:
     task_id: str
     body_hash: str
     confirmed: bool
+    pool: str | None
 
 
 @dataclass(frozen=True)
@@ -72,18 +73,29 @@ class Reader:
 
     async def send_key(self, key: str) -> SendKeyRow | None:
         """What a client's send key was first used for, if it ever was."""
-        query = select(_KEYS.c.task_id, _KEYS.c.body_hash, _KEYS.c.confirmed).where(
+        query = select(_KEYS.c.task_id, _KEYS.c.body_hash, _KEYS.c.confirmed, _KEYS.c.pool).where(
             _KEYS.c.key == key
         )
         async with self._conn() as conn:
             row = (await conn.execute(query)).first()
-        return SendKeyRow(row.task_id, row.body_hash, row.confirmed) if row is not None else None
+        if row is None:
+            return None
+        return SendKeyRow(row.task_id, row.body_hash, row.confirmed, row.pool)
 
-    async def reserve_send_key(self, key: str, task_id: str, body_hash: str, now: datetime) -> bool:
+    async def reserve_send_key(
+        self, key: str, task_id: str, body_hash: str, now: datetime, pool: str | None = None
+    ) -> bool:
         """Record a client's send key; False if it was recorded already."""
         stmt = (
             self._insert(_KEYS)
-            .values(key=key, task_id=task_id, body_hash=body_hash, confirmed=False, created_at=now)
+            .values(
+                key=key,
+                task_id=task_id,
+                body_hash=body_hash,
+                confirmed=False,
+                created_at=now,
+                pool=pool,
+            )
             .on_conflict_do_nothing(index_elements=["key"])
             .returning(_KEYS.c.key)
         )

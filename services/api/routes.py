@@ -108,7 +108,7 @@ async def _send_once(
     The key is recorded before the publish; a send that got a 503 is published by its retry.
     """
     body_hash = _digest(json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True), "")
-    if not await services.reader.reserve_send_key(key, task_id, body_hash, utcnow()):
+    if not await services.reader.reserve_send_key(key, task_id, body_hash, utcnow(), body.to):
         known = await services.reader.send_key(key)
         if known is not None:
             if known.body_hash != body_hash:
@@ -186,9 +186,9 @@ async def _check_pool(principal: Principal, task_id: str, services: Services) ->
     if services.ids.issued_at(task_id) is not None:
         if any(services.ids.routed_to(task_id, pool) for pool in principal.pools):
             return
-    else:
-        row = await services.reader.task(task_id)  # a client-chosen id: the tracker knows
-        if row is not None and row["recipient"] in principal.pools:
+    else:  # a client-chosen id: the API recorded its pool before publishing it
+        known = await services.reader.send_key(f"task/{task_id}")
+        if known is not None and known.pool in principal.pools:
             return
     raise ApiError(403, "Forbidden: this key may not call back tasks of that pool")
 

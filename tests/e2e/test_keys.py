@@ -87,6 +87,12 @@ def test_keys_scopes_identities_and_pools(bus: Bus) -> None:
     callback = post(bus, "callback", {"task_id": bazi_task, "result": 1}, KEYS["bazi"])
     assert callback.status_code == 200 and callback.json() == {"status": "ok"}
     assert_error(post(bus, "callback", {"task_id": bazi_task}, KEYS["master"]), 403)
+    # Client-chosen ids too, before any tracker has seen them (none runs here).
+    for task_id, pool, status in (("job-b1", "child_bazi", 200), ("job-c1", "child", 403)):
+        chosen = {**task, "to": pool, "task_id": task_id}
+        assert post(bus, "send", chosen, KEYS["master"]).status_code == 200
+        answer = post(bus, "callback", {"task_id": task_id}, KEYS["bazi"])
+        assert answer.status_code == status, answer.text
 
     # Logs need `read`; the parking lots need `admin`.
     logs = f"{bus.api}/api/relay/logs"
