@@ -51,10 +51,17 @@ class PrivateRabbit:
     name: str
     port: int
     dist_port: int
+    tls_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def tls_url(self) -> str:
+        """amqps:// on the TLS listener, verifying the test CA's certificate for `localhost`."""
+        assert self.tls_port is not None
+        return f"amqps://guest:guest@localhost:{self.tls_port}/?cafile={self.root / 'ca.pem'}"
 
     def env(self) -> dict[str, str]:
         return {
@@ -89,7 +96,7 @@ class PrivateRabbit:
         self._signal(signal.SIGKILL)
 
     @classmethod
-    def create(cls) -> PrivateRabbit:
+    def create(cls, tls: bool = False) -> PrivateRabbit:
         if shutil.which("rabbitmq-server") is None:
             unavailable("a private RabbitMQ node", "rabbitmq-server is not installed")
         root = Path(tempfile.mkdtemp(prefix="convbus-rmq-"))
@@ -97,16 +104,70 @@ class PrivateRabbit:
         (root / "mnesia").mkdir()
         (root / "log").mkdir()
         (root / "enabled_plugins").write_text("[].\n")
-        (root / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{port}\n")
+        config = f"listeners.tcp.local = 127.0.0.1:{port}\n"
+        tls_port = None
+        if tls:
+            tls_port = free_port()
+            _make_certificates(root)
+            config += (
+                f"listeners.ssl.local = 127.0.0.1:{tls_port}\n"
+                f"ssl_options.cacertfile = {root / 'ca.pem'}\n"
+                f"ssl_options.certfile = {root / 'server.pem'}\n"
+                f"ssl_options.keyfile = {root / 'server.key'}\n"
+                "ssl_options.verify = verify_none\n"
+                "ssl_options.fail_if_no_peer_cert = false\n"
+            )
+        (root / "rabbitmq.conf").write_text(config)
         root.chmod(0o755)
         with contextlib.suppress(KeyError, PermissionError):
             _chown(root, "rabbitmq")  # the server drops to this user; it must own its files
-        return cls(root, f"convbus-{uuid.uuid4().hex[:8]}@localhost", port, dist)
+        return cls(root, f"convbus-{uuid.uuid4().hex[:8]}@localhost", port, dist, tls_port)
 
 
-@pytest.fixture
-def private_rabbit() -> Iterator[PrivateRabbit]:
-    node = PrivateRabbit.create()
+def _make_certificates(root: Path) -> None:
+    """A throwaway CA and a server certificate for localhost, made with openssl."""
+    if shutil.which("openssl") is None:
+        unavailable("TLS certificates", "openssl is not installed")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True, timeout=60)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=convbus-test-ca",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    )
+    (root / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2",
+            "-extfile", "san.cnf")  # fmt: skip
+
+
+@pytest.fixture(params=[False], ids=["plain"])
+def private_rabbit(request: pytest.FixtureRequest) -> Iterator[PrivateRabbit]:
+    node = PrivateRabbit.create(tls=request.param)
     node.start()
     try:
         yield node
