@@ -148,3 +148,22 @@ def test_injection_looking_input_is_refused_or_inert(bus: Bus) -> None:
             assert status.status_code in (404, 400) and status.json()["status"] == "error"
         # The tables are intact: the marker is still there.
         assert [e["text"] for e in client.get("/api/relay/logs").json()["logs"]] == ["mark"]
+
+
+def test_a_streamed_body_is_cut_off_whatever_it_announces(bus: Bus) -> None:
+    bus.start_api()
+
+    def chunks() -> Any:
+        yield b'{"from":"m","to":"c","text":"'
+        for _ in range(64):
+            yield b"x" * 65536  # 4 MiB in all, sent without a Content-Length (chunked)
+        yield b'"}'
+
+    # Chunked, so no Content-Length to trust (a lying one is tested on the guard itself).
+    response = httpx.post(
+        f"{bus.api}/api/relay/send",
+        content=chunks(),
+        headers={**AUTH, "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 413 and response.json()["status"] == "error"
