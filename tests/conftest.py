@@ -118,7 +118,8 @@ class Namespace:
 
     name: str
     amqp_url: str
-    pools: set[str] = field(default_factory=set)
+    #: Pools to delete; the API declares `child` for any task sent there, child or not.
+    pools: set[str] = field(default_factory=lambda: {"child"})
     #: Delays (ms) of the retry queues the test may have made.
     delays: set[int] = field(default_factory=set)
 

@@ -49,6 +49,7 @@ def assert_error(response: httpx.Response, status: int) -> None:
 
 
 def test_keys_scopes_identities_and_pools(bus: Bus) -> None:
+    bus.namespace.pools.add("child_bazi")
     bus.start_api(RELAY_KEYS=keys_json())
     task = {"from": "master", "to": "child_bazi", "type": "task", "cmd": "echo"}
 

@@ -9,6 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from shared.topology import Topology
 from tests.conftest import API_KEY, Bus, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
@@ -26,6 +27,10 @@ def test_no_input_from_the_schema_makes_a_5xx_or_a_stray_publish(bus: Bus) -> No
 
     def check(case: Any) -> None:
         nonlocal accepted_messages
+        if case.path.endswith("/send") and isinstance(case.body, dict):
+            pool = case.body.get("to")
+            if isinstance(pool, str) and Topology.is_pool_name(pool):
+                bus.namespace.pools.add(pool)  # the API may declare it: delete it after
         response = case.call(headers={"X-Relay-API-Key": API_KEY}, timeout=10)
         where = (case.method, case.path, response.status_code, response.text[:300])
         assert response.status_code < 500, where
