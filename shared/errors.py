@@ -21,16 +21,8 @@ class DatabaseUnavailable(BusError):
     """The tracker's database cannot be reached."""
 
 
-class InvalidMessage(BusError):
-    """A message on the wire is not JSON or does not match its schema."""
-
-
 class UnknownTask(BusError):
     """A task id the bus never issued."""
-
-
-class TaskConflict(BusError):
-    """A client-chosen task id was sent again with another body."""
 
 
 class CallbackFailed(BusError):

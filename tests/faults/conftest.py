@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -257,11 +256,6 @@ def postgres_bus(
     database_url = private_postgres.url
     with running(Bus(namespace=namespace, database_url=database_url, workdir=tmp_path)) as bus:
         yield bus
-
-
-def pause(seconds: float) -> None:
-    """Let an outage last a while (the point of the test, not a wait for a condition)."""
-    time.sleep(seconds)
 
 
 def _sync_url(url: str) -> str:
