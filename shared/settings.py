@@ -41,7 +41,13 @@ class BusSettings(BaseSettings):
     def effective_api_key(self) -> str:
         """The configured key; the seed's key only in dev mode; otherwise refuse to start."""
         if self.api_key is not None:
-            return self.api_key.get_secret_value()
+            key = self.api_key.get_secret_value()
+            if key == SEED_DEV_API_KEY and not self.dev_mode:
+                raise ConfigError(
+                    "RELAY_API_KEY is the seed's published key, refused outside dev mode: set a "
+                    "long random secret of your own (or RELAY_DEV_MODE=true on a dev machine)"
+                )
+            return key
         if self.dev_mode:
             return SEED_DEV_API_KEY
         raise ConfigError(

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from shared.errors import ConfigError
-from shared.settings import ApiSettings, KeySpec
+from shared.settings import SEED_DEV_API_KEY, ApiSettings, KeySpec
 
 ALL_SCOPES: frozenset[str] = frozenset({"send", "callback", "read", "admin"})
 #: The principal of RELAY_API_KEY: the seed's single key, allowed everything.
@@ -56,6 +56,9 @@ class KeyRing:
                 )
             except (OSError, ValidationError, json.JSONDecodeError) as exc:
                 raise ConfigError(f"RELAY_KEYS_FILE {settings.keys_file}: {exc}") from exc
+        published = key_hash(SEED_DEV_API_KEY)
+        if not settings.dev_mode and any(s.sha256 == published for s in specs):
+            raise ConfigError(f"a key in RELAY_KEYS is the seed's published key ({published[:8]}…)")
         if settings.api_key is not None or settings.dev_mode or not specs:
             root = settings.effective_api_key()  # refuses to start without any key
             specs.append(

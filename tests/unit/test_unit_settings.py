@@ -174,3 +174,23 @@ def test_out_of_range_numbers_are_rejected(
     monkeypatch.setenv(var, value)
     with pytest.raises(ValidationError):
         cls()
+
+
+def test_the_seeds_published_key_is_refused_outside_dev_mode(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.api.auth import KeyRing, key_hash
+    from shared.errors import ConfigError
+    from shared.settings import SEED_DEV_API_KEY, ApiSettings
+
+    monkeypatch.setenv("RELAY_API_KEY", SEED_DEV_API_KEY)
+    with pytest.raises(ConfigError, match="published key"):
+        ApiSettings().effective_api_key()
+    monkeypatch.setenv("RELAY_DEV_MODE", "true")
+    assert ApiSettings().effective_api_key() == SEED_DEV_API_KEY
+    monkeypatch.delenv("RELAY_DEV_MODE")
+    monkeypatch.delenv("RELAY_API_KEY")
+    spec = f'[{{"name": "m", "sha256": "{key_hash(SEED_DEV_API_KEY)}", "scopes": ["send"]}}]'
+    monkeypatch.setenv("RELAY_KEYS", spec)
+    with pytest.raises(ConfigError, match="published key"):
+        KeyRing.from_settings(ApiSettings())
