@@ -1,33 +1,42 @@
-"""Database engines for SQLite (default) and PostgreSQL, and the schema."""
+"""Database engines for SQLite (default) and PostgreSQL: async for the services, sync for
+migrations (shared/schema.py)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy import Engine, NullPool, create_engine, event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlmodel import SQLModel
 
-from shared import models  # noqa: F401  (registers the tables)
-from shared.errors import ConfigError, DatabaseUnavailable
-
-log = logging.getLogger(__name__)
+from shared.errors import ConfigError
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
+_SYNC_DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg"}
+
+
+def _with_driver(url: str, drivers: dict[str, str]) -> str:
+    try:
+        parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    except ArgumentError as exc:
+        raise ConfigError(f"RELAY_DATABASE_URL: not a database URL ({exc})") from exc
+    backend = parsed.get_backend_name()
+    if backend not in drivers:
+        raise ConfigError(
+            f"RELAY_DATABASE_URL: unsupported database {backend!r} (sqlite, postgresql)"
+        )
+    return parsed.set(drivername=drivers[backend]).render_as_string(hide_password=False)
 
 
 def async_url(url: str) -> str:
     """The URL with the async driver the bus uses for its backend."""
-    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
-    backend = parsed.get_backend_name()
-    if backend not in _ASYNC_DRIVERS:
-        raise ConfigError(
-            f"RELAY_DATABASE_URL: unsupported database {backend!r} (sqlite, postgresql)"
-        )
-    return parsed.set(drivername=_ASYNC_DRIVERS[backend]).render_as_string(hide_password=False)
+    return _with_driver(url, _ASYNC_DRIVERS)
+
+
+def sync_url(url: str) -> str:
+    """The URL with the blocking driver migrations use for its backend."""
+    return _with_driver(url, _SYNC_DRIVERS)
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:
@@ -56,16 +65,20 @@ def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
     return engine
 
 
-async def create_schema(engine: AsyncEngine) -> None:
-    """Create the tables and indexes that do not exist yet."""
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(SQLModel.metadata.create_all)
-    except (OperationalError, DBAPIError) as exc:
-        # Two services creating the schema at once: the loser finds it created.
-        log.info("schema creation raced (%s); checking again", exc.__class__.__name__)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(SQLModel.metadata.create_all)
-        except SQLAlchemyError as again:
-            raise DatabaseUnavailable(f"cannot create the schema: {again}") from again
+def migration_engine(url: str) -> Engine:
+    """A blocking engine for schema migrations: no pool; on SQLite every transaction is
+    ``BEGIN EXCLUSIVE``, so DDL is transactional and concurrent migrations wait their turn."""
+    engine = create_engine(sync_url(url), poolclass=NullPool)
+    if engine.dialect.name == "sqlite":
+
+        def on_connect(dbapi_conn: Any, record: Any) -> None:
+            # The driver's own implicit BEGIN skips DDL; we emit ours (SQLAlchemy's recipe).
+            dbapi_conn.isolation_level = None
+            _sqlite_pragmas(dbapi_conn, record)
+
+        def on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN EXCLUSIVE")
+
+        event.listen(engine, "connect", on_connect)
+        event.listen(engine, "begin", on_begin)
+    return engine

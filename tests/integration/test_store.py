@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.lifecycle import Entry
 from services.tracker.store import Store
-from shared.db import create_schema, make_engine
+from shared.db import make_engine
 from shared.models import LogEntry, Task
 from shared.schemas import Event, TaskMessage
 
@@ -24,8 +24,7 @@ LOG = LogEntry.__table__  # type: ignore[attr-defined]
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url)
-    await create_schema(engine)
+    engine = make_engine(database_url)  # the fixture migrated the database
     try:
         yield engine
     finally:
