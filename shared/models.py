@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -63,7 +63,10 @@ class Task(TaskBase, table=True):
     __tablename__ = "tasks"
     __table_args__ = (
         Index("ix_tasks_conversation", "conversation_id"),
+        # Also the prune's: finished (completed, failed) and last updated before a cutoff.
         Index("ix_tasks_state_updated", "state", "updated_at"),
+        # The pools, one probe each (Reader.pools(): a loose index scan).
+        Index("ix_tasks_recipient", "recipient"),
     )
 
 
@@ -77,6 +80,13 @@ class LogEntry(SQLModel, table=True):
         Index("ix_log_sender", "sender", "id"),
         Index("ix_log_recipient", "recipient", "id"),
         Index("ix_log_event", "event", "id"),
+        # The prune's: old entries of no task (messages), without reading those of tasks.
+        Index(
+            "ix_log_untied_ts",
+            "ts",
+            postgresql_where=text("task_id IS NULL"),
+            sqlite_where=text("task_id IS NULL"),
+        ),
     )
 
     id: int | None = Field(
@@ -103,6 +113,16 @@ class SendKey(SQLModel, table=True):
     """
 
     __tablename__ = "send_keys"
+    __table_args__ = (
+        # The prune's: the keys of the tasks it deletes, and old keys never confirmed.
+        Index("ix_send_keys_task", "task_id"),
+        Index(
+            "ix_send_keys_unconfirmed",
+            "created_at",
+            postgresql_where=text("NOT confirmed"),
+            sqlite_where=text("confirmed = 0"),
+        ),
+    )
 
     key: str = Field(sa_column=Column(String(140), primary_key=True))
     task_id: str = Field(sa_column=Column(String(128), nullable=False))

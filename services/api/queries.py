@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, Select, func, select, union, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -109,32 +109,8 @@ class Reader:
 
     async def logs(self, f: LogFilter) -> list[dict[str, Any]]:
         """Entries matching `f`, oldest first: the last `limit`, or the next ones after `after`."""
-        query: Select[Any] = select(_LOG)
-        if f.task_id is not None:
-            query = query.where(_LOG.c.task_id == f.task_id)
-        if f.conversation_id is not None:
-            # An event of a task (processing, callback) belongs to the task's conversation
-            # even when it does not carry the conversation id itself.
-            in_conversation = select(_TASKS.c.task_id).where(
-                _TASKS.c.conversation_id == f.conversation_id
-            )
-            query = query.where(
-                or_(
-                    _LOG.c.conversation_id == f.conversation_id, _LOG.c.task_id.in_(in_conversation)
-                )
-            )
-        if f.sender is not None:
-            query = query.where(_LOG.c.sender == f.sender)
-        if f.recipient is not None:
-            query = query.where(_LOG.c.recipient == f.recipient)
-        if f.event is not None:
-            query = query.where(_LOG.c.event == f.event)
-        if f.after is not None:
-            query = query.where(_LOG.c.id > f.after).order_by(_LOG.c.id.asc()).limit(f.limit)
-        else:
-            query = query.order_by(_LOG.c.id.desc()).limit(f.limit)
         async with self._conn() as conn:
-            rows = [dict(r._mapping) for r in await conn.execute(query)]
+            rows = [dict(r._mapping) for r in await conn.execute(logs_query(f))]
         if f.after is None:
             rows.reverse()
         return rows
@@ -147,14 +123,69 @@ class Reader:
 
     async def pools(self) -> list[str]:
         """Every pool a task was ever sent to."""
-        query = (
-            select(_TASKS.c.recipient)
-            .where(_TASKS.c.type == "task", _TASKS.c.recipient.is_not(None))
-            .distinct()
-        )
         async with self._conn() as conn:
-            return sorted(str(p) for p in (await conn.execute(query)).scalars())
+            return sorted(str(p) for p in (await conn.execute(pools_query())).scalars())
 
     async def ping(self) -> None:
         async with self._conn() as conn:
             await conn.execute(select(1))
+
+
+def logs_query(f: LogFilter) -> Select[Any]:
+    """GET /logs: newest first up to `limit`, or with `after` the next `limit` oldest first."""
+    where: list[ColumnElement[bool]] = []
+    if f.task_id is not None:
+        where.append(_LOG.c.task_id == f.task_id)
+    if f.sender is not None:
+        where.append(_LOG.c.sender == f.sender)
+    if f.recipient is not None:
+        where.append(_LOG.c.recipient == f.recipient)
+    if f.event is not None:
+        where.append(_LOG.c.event == f.event)
+    if f.after is not None:
+        where.append(_LOG.c.id > f.after)
+    order = _LOG.c.id.asc() if f.after is not None else _LOG.c.id.desc()
+    if f.conversation_id is not None:
+        where = [
+            _LOG.c.id.in_(_conversation_ids(f.conversation_id, where, f.after is None, f.limit))
+        ]
+    return select(_LOG).where(*where).order_by(order).limit(f.limit)
+
+
+def _conversation_ids(
+    conversation_id: str, where: list[ColumnElement[bool]], newest: bool, limit: int
+) -> Select[Any]:
+    """Ids of the conversation's entries matching `where`: the first or last `limit`.
+
+    An event of a task (callback, ack) belongs to the task's conversation even when it does not
+    carry the conversation id itself. Two index lookups (the entries that carry it, the entries
+    of its tasks) rather than one OR, which PostgreSQL can only answer by reading the whole log.
+    """
+    own = select(_LOG.c.id).where(_LOG.c.conversation_id == conversation_id, *where)
+    of_tasks = (
+        select(_LOG.c.id)
+        .join(_TASKS, _LOG.c.task_id == _TASKS.c.task_id)
+        .where(_TASKS.c.conversation_id == conversation_id, *where)
+    )
+    ids = union(own, of_tasks).subquery("in_conversation")
+    return select(ids.c.id).order_by(ids.c.id.desc() if newest else ids.c.id.asc()).limit(limit)
+
+
+def pools_query() -> Select[Any]:
+    """Every pool a task was ever sent to, in no particular order.
+
+    A loose index scan of ix_tasks_recipient: each step asks the index for the next pool after
+    the last one, so it reads a few pages per pool rather than every task.
+    """
+
+    def next_pool(after: ColumnElement[Any] | None) -> ScalarSelect[Any]:
+        query = select(func.min(_TASKS.c.recipient)).where(
+            _TASKS.c.type == "task", _TASKS.c.recipient.is_not(None)
+        )
+        if after is not None:
+            query = query.where(_TASKS.c.recipient > after)
+        return query.scalar_subquery()
+
+    pools = select(next_pool(None).label("pool")).cte("pools", recursive=True)
+    pools = pools.union_all(select(next_pool(pools.c.pool)).where(pools.c.pool.is_not(None)))
+    return select(pools.c.pool).where(pools.c.pool.is_not(None))
