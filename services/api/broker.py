@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from shared import amqp
+from shared import amqp, metrics
 from shared.errors import BrokerUnavailable, BusError
 from shared.parking import ParkingLots
 from shared.schemas import Event, TaskMessage
@@ -105,6 +106,7 @@ class BrokerLink:
     async def publish_task(self, task: TaskMessage, attempt: int = 1) -> None:
         """Publish a task to its pool (declared first, so it is never confirmed and dropped)."""
         await self._ensure_pool(task.to)
+        started = time.perf_counter()
         await amqp.publish(
             self._require().tasks,
             self.topo.task_routing_key(task.to),
@@ -114,9 +116,11 @@ class BrokerLink:
             message_type="task",
             headers={amqp.ATTEMPT_HEADER: attempt},
         )
+        metrics.PUBLISH_CONFIRM.labels("task").observe(time.perf_counter() - started)
 
     async def publish_event(self, event: Event) -> None:
         """Publish an event for the tracker, confirmed."""
+        started = time.perf_counter()
         await amqp.publish(
             self._require().events,
             self.topo.event_routing_key(event.event),
@@ -125,3 +129,4 @@ class BrokerLink:
             timeout=self.settings.publish_timeout,
             message_type="event",
         )
+        metrics.PUBLISH_CONFIRM.labels("event").observe(time.perf_counter() - started)

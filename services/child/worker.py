@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from services.child.callback import CallbackClient
 from services.child.handlers import Registry
 from services.child.state import FinishedTasks
-from shared import amqp
+from shared import amqp, metrics
 from shared.errors import (
     BrokerUnavailable,
     BusError,
@@ -27,6 +28,8 @@ from shared.errors import (
     UnknownTask,
 )
 from shared.ids import new_event_id, utcnow
+from shared.logs import task_context
+from shared.ops import OpsServer
 from shared.retry import RetryPolicy
 from shared.schemas import CallbackRequest, Event, TaskMessage
 from shared.settings import ChildSettings
@@ -91,22 +94,46 @@ class Worker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._publisher: AbstractChannel | None = None
         self._declared: Declared | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._consuming = False
         self.done = 0
+        self.ops = OpsServer(settings.ops_host, settings.ops_port, self.readiness)
+        self._count = {
+            outcome: metrics.TASKS.labels(pool, outcome)
+            for outcome in ("completed", "failed", "retried", "parked", "skipped", "requeued")
+        }
+        self._consumed = metrics.TASKS_CONSUMED.labels(pool)
+        self._in_flight_gauge = metrics.TASKS_IN_FLIGHT.labels(pool)
+        self._handler_seconds = metrics.HANDLER_DURATION.labels(pool)
+        self._callback_seconds = metrics.CALLBACK_DURATION.labels(pool)
+        self._callback_failures = metrics.CALLBACK_FAILURES.labels(pool)
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether the child consumes its pool (the broker is reachable)."""
+        connection = self._connection
+        return {
+            "broker": self._consuming and connection is not None and connection.connected.is_set()
+        }
 
     async def run(self) -> None:
+        await self.ops.start()
         try:
             connection = await amqp.connect_with_retry(
                 self.settings, f"convbus-child-{self.pool}-{self.child_id}", self.stop
             )
         except BrokerUnavailable:
+            await self.ops.close()
             if self.stop.is_set():
                 return
             raise
+        self._connection = connection
         try:
             await self._serve(connection)
         finally:
+            self._consuming = False
             await connection.close()
             await self.callback.close()
+            await self.ops.close()
             self.finished.close()
             log.info("child %s stopped after %d tasks", self.child_id, self.done)
 
@@ -119,10 +146,12 @@ class Worker:
             consumer, self.topo, await declare_core(consumer, self.topo), self.pool
         )
         tag = await queue.consume(self._on_message)
+        self._consuming = True
         log.info(
             "child %s consuming %s (prefetch %d)", self.child_id, queue.name, self.settings.prefetch
         )
         await self.stop.wait()
+        self._consuming = False
         await queue.cancel(tag)  # no new deliveries; unacked ones return to the queue on close
         if self._in_flight:
             log.info(
@@ -140,15 +169,19 @@ class Worker:
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
+        self._consumed.inc()
+        self._in_flight_gauge.inc()
         try:
             try:
                 verdict = await self._verdict(message)
             except Exception:  # CancelledError is not an Exception: it passes
                 log.exception("task %s not settled; it goes back to the queue", message.message_id)
                 verdict = Verdict.REQUEUE
+                self._count["requeued"].inc()
             await self._settle(message, verdict)
         finally:
             self._in_flight.discard(task)
+            self._in_flight_gauge.dec()
 
     async def _verdict(self, message: AbstractIncomingMessage) -> Verdict:
         """Run the task and say what becomes of its delivery; lets CancelledError through."""
@@ -161,7 +194,12 @@ class Worker:
                 message.message_id,
                 exc.errors(include_input=False)[:3],
             )
+            self._count["parked"].inc()
             return Verdict.PARK
+        with task_context(task.task_id, task.conversation_id):
+            return await self._run_task(message, task)
+
+    async def _run_task(self, message: AbstractIncomingMessage, task: TaskMessage) -> Verdict:
         attempt = attempt_of(message)
         policy = self.settings.retry.for_task(self.pool, task.cmd)
         outcome = self.finished.get(task.task_id)
@@ -169,6 +207,7 @@ class Worker:
             may_be_done = message.redelivered or attempt > 1
             if may_be_done and await self.callback.is_completed(task.task_id):
                 log.info("task %s is completed on the bus; not running it again", task.task_id)
+                self._count["skipped"].inc()
                 return Verdict.ACK
             processing = asyncio.create_task(self._publish_processing(task, attempt))
             try:
@@ -178,17 +217,23 @@ class Worker:
             finally:
                 await processing
             self.finished.put(outcome)
+        started = time.perf_counter()
         try:
-            await self._call_back(task, outcome)
+            status = await self._call_back(task, outcome)
         except UnknownTask as exc:
             return await self._park(message, task, attempt, str(exc))
         except CallbackFailed as exc:
+            self._callback_failures.inc()
             return await self._retry_or_park(message, task, attempt, policy, _Retry(str(exc)))
+        finally:
+            self._callback_seconds.observe(time.perf_counter() - started)
         self.done += 1
+        self._count["completed" if status == "done" else "failed"].inc()
         return Verdict.ACK
 
     async def _run_handler(self, task: TaskMessage, policy: RetryPolicy) -> CallbackRequest:
         """The handler's outcome; raises _Retry when another attempt should be made."""
+        started = time.perf_counter()
         try:
             result = await self.registry.run(task)
         except asyncio.CancelledError:
@@ -203,6 +248,8 @@ class Worker:
             if policy.retry_errors:
                 raise _Retry(error) from exc
             return _failed(task, self.child_id, error)
+        finally:
+            self._handler_seconds.observe(time.perf_counter() - started)
         try:
             done = CallbackRequest(
                 task_id=task.task_id, child_id=self.child_id, status="done", result=result
@@ -214,12 +261,15 @@ class Worker:
             )
         return done
 
-    async def _call_back(self, task: TaskMessage, outcome: CallbackRequest) -> None:
+    async def _call_back(self, task: TaskMessage, outcome: CallbackRequest) -> str:
+        """Report the outcome; the status the API accepted (`done` or `failed`)."""
         try:
             await self.callback.send(outcome)
         except CallbackRefused as exc:
             log.error("the API refused the result of %s (%s); reporting failure", task.task_id, exc)
             await self.callback.send(_failed(task, self.child_id, f"result refused: {exc}"))
+            return "failed"
+        return outcome.status
 
     async def _retry_or_park(
         self,
@@ -258,13 +308,9 @@ class Worker:
             },
         )
         next_at = utcnow() + timedelta(milliseconds=delay_ms)
-        log.info(
-            "task %s: attempt %d failed (%s); retry at %s",
-            task.task_id,
-            attempt,
-            retry.reason,
-            next_at,
-        )
+        self._count["retried"].inc()
+        # The reason may quote the task's data: it is logged at warning level, not here.
+        log.info("task %s: attempt %d failed; retry at %s", task.task_id, attempt, next_at)
         # Best effort, like `processing`: the retry itself is already safe in the delay queue,
         # and requeueing the delivery now would run the task twice.
         await self._publish_event_softly(
@@ -302,6 +348,7 @@ class Worker:
                 amqp.REPLAYS_HEADER: (message.headers or {}).get(amqp.REPLAYS_HEADER, 0),
             },
         )
+        self._count["parked"].inc()
         return Verdict.ACK
 
     async def _publish_processing(self, task: TaskMessage, attempt: int) -> None:

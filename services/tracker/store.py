@@ -39,6 +39,14 @@ class Store:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
+    async def ping(self) -> None:
+        """Raises DatabaseUnavailable unless the database answers."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(select(1))
+        except (SQLAlchemyError, OSError) as exc:
+            raise DatabaseUnavailable(f"database unreachable: {exc.__class__.__name__}") from exc
+
     async def write(self, entries: Sequence[Entry]) -> int:
         """Record `entries` (duplicates by event id are ignored); how many were new.
 

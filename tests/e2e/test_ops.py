@@ -1,0 +1,145 @@
+"""Health, readiness, metrics and structured logs of every service, on the real processes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+
+from tests.conftest import FAST_RETRY, Bus, Proc, free_port, wait_for
+from tests.e2e.test_flow import finished, send, send_task
+
+pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+def ops(proc: Proc, path: str) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{proc.ops_port}{path}", timeout=5)
+
+
+def answers(proc: Proc, path: str) -> httpx.Response | None:
+    if proc.popen.poll() is not None:
+        raise AssertionError(f"{proc.name} exited early:\n{proc.output()[-3000:]}")
+    try:
+        return ops(proc, path)
+    except httpx.HTTPError:
+        return None
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in the Prometheus text format, or None when absent."""
+    for line in text.splitlines():
+        match = re.fullmatch(r"([a-zA-Z_:]+)(\{(.*)\})? (\S+)", line)
+        if match is None or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(3) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(match.group(4))
+    return None
+
+
+def metric(proc: Proc, name: str, **labels: str) -> float | None:
+    return sample(ops(proc, "/metrics").text, name, **labels)
+
+
+def test_every_service_serves_health_readiness_and_metrics(bus: Bus) -> None:
+    tracker = bus.start_tracker(RELAY_QUEUE_STATS_EVERY="0.2")
+    child = bus.start_child("child", "--handlers", "bus_handlers:handlers")
+    bus.start_api()
+    for proc in (tracker, child):
+        ready = wait_for(lambda p=proc: answers(p, "/readyz"), what=f"{proc.name} to answer")
+        wait_for(lambda p=proc: ops(p, "/readyz").status_code == 200, what=f"{proc.name} ready")
+        assert ready is not None
+        assert ops(proc, "/healthz").json() == {"status": "ok"}
+    assert ops(tracker, "/readyz").json() == {"status": "ok", "broker": True, "database": True}
+    assert ops(child, "/readyz").json() == {"status": "ok", "broker": True}
+
+    ids = [send_task(bus, "echo", payload={"n": n}) for n in range(3)]
+    counter = str(bus.workdir / "never.count")
+    refused = send_task(bus, "never", payload={"counter": counter})  # failed at once
+    parked = send_task(bus, "boom", payload={"why": "metrics"})  # retried twice, then parked
+    for task_id in [*ids, refused, parked]:
+        wait_for(lambda t=task_id: finished(bus, t), what=f"{task_id} to finish")
+    wrong_key = {"X-Relay-API-Key": "wrong"}
+    body = {"from": "master", "to": "child", "type": "task", "cmd": "echo"}
+    assert httpx.post(f"{bus.api}/api/relay/send", json=body, headers=wrong_key).status_code == 401
+
+    def count(outcome: str) -> float | None:
+        return metric(child, "convbus_tasks_total", pool="child", outcome=outcome)
+
+    wait_for(lambda: count("parked") == 1, what="the child to count the parked task")
+    assert (count("completed"), count("failed"), count("retried")) == (3, 1, 2)
+    assert metric(child, "convbus_tasks_consumed_total", pool="child") == 7
+    assert metric(child, "convbus_handler_seconds_count", pool="child") == 7
+    assert metric(child, "convbus_callback_seconds_count", pool="child") == 4
+    assert metric(child, "convbus_tasks_in_flight", pool="child") == 0
+
+    api = httpx.get(f"{bus.api}/metrics", timeout=5).text
+    assert sample(api, "convbus_sends_total", outcome="accepted") == 5
+    assert sample(api, "convbus_sends_total", outcome="401") == 1
+    assert sample(api, "convbus_callbacks_received_total", outcome="accepted") == 4
+    assert sample(api, "convbus_publish_confirm_seconds_count", kind="task") == 5
+    assert sample(api, "convbus_publish_confirm_seconds_count", kind="event") == 4
+
+    # 5 sends, 4 callbacks, 7 processing, 2 retries and 1 dead: 19 entries in the log.
+    wait_for(lambda: metric(tracker, "convbus_tracker_events_total") == 19, what="19 entries")
+    assert (metric(tracker, "convbus_tracker_batch_size_count") or 0) >= 1
+    wait_for(
+        lambda: metric(tracker, "convbus_queue_consumers", kind="pool", pool="child") == 1,
+        what="the tracker to read the pool's queue",
+    )
+    assert metric(tracker, "convbus_queue_messages", kind="pool", pool="child") == 0
+    wait_for(
+        lambda: metric(tracker, "convbus_queue_messages", kind="parked", pool="child") == 1,
+        what="the tracker to see the parked task",
+    )
+    assert metric(tracker, "convbus_tracker_lag_events") == 0
+
+
+def test_readiness_says_what_is_unreachable(bus: Bus) -> None:
+    closed = free_port()
+    tracker = bus.start_tracker(
+        RELAY_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{closed}/nothing"
+    )
+    child = bus.start_child("child", RELAY_AMQP_URL=f"amqp://guest:guest@127.0.0.1:{closed}/")
+    for proc, down in ((tracker, "database"), (child, "broker")):
+        answer = wait_for(lambda p=proc: answers(p, "/readyz"), what=f"{proc.name} to answer")
+        assert answer is not None
+        assert answer.status_code == 503
+        body = answer.json()
+        assert body["status"] == "error" and body[down] is False and down in body["msg"]
+        assert ops(proc, "/healthz").status_code == 200  # alive, only not ready
+
+
+def test_json_logs_carry_the_task_and_its_conversation(bus: Bus) -> None:
+    bus.start_tracker()
+    child = bus.start_child(
+        "child",
+        "--handlers",
+        "bus_handlers:handlers",
+        RELAY_LOG_FORMAT="json",
+        RELAY_RETRY=FAST_RETRY,
+    )
+    bus.start_api()
+    response = send(
+        bus, type="task", cmd="boom", payload={"why": "secret-payload-value"}, conversation_id="c-9"
+    )
+    task_id = response.json()["task_id"]
+    wait_for(lambda: finished(bus, task_id), what="the task to fail")
+    child.stop()
+    records = [json.loads(line) for line in child.output().splitlines() if line.strip()]
+    assert all({"ts", "level", "service", "logger", "msg"} <= r.keys() for r in records)
+    about = [r for r in records if r.get("task_id") == task_id]
+    assert about and all(r["conversation_id"] == "c-9" for r in about)
+    assert any("retry at" in r["msg"] for r in about)
+    info = [r for r in records if r["level"] == "INFO"]
+    assert not any("secret-payload-value" in json.dumps(r) for r in info)
+
+
+def test_a_taken_ops_port_stops_the_child_with_a_clear_message(bus: Bus) -> None:
+    first = bus.start_child("child")
+    wait_for(lambda: answers(first, "/healthz"), what="the first child to serve")
+    second = bus.start_child("child", RELAY_OPS_PORT=str(first.ops_port))
+    assert second.popen.wait(30) != 0
+    assert f"RELAY_OPS_PORT {first.ops_port}" in second.output()

@@ -1,0 +1,60 @@
+"""The child's and the tracker's health port: health, readiness, metrics, a taken port."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from shared import metrics
+from shared.errors import ConfigError
+from shared.ops import OpsServer
+from tests.conftest import free_port
+
+
+async def test_health_readiness_and_metrics() -> None:
+    state = {"broker": True, "database": True}
+
+    async def ready() -> dict[str, bool]:
+        return dict(state)
+
+    server = OpsServer("127.0.0.1", free_port(), ready)
+    await server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+            answer = await client.get("/readyz")
+            assert answer.status_code == 200
+            assert answer.json() == {"status": "ok", "broker": True, "database": True}
+            state["database"] = False
+            answer = await client.get("/readyz")
+            assert answer.status_code == 503
+            assert answer.json()["msg"] == "not ready: database unreachable"
+            metrics.TRACKER_PARKED.inc()
+            exposed = await client.get("/metrics")
+            assert exposed.headers["content-type"].startswith("text/plain; version=")
+            assert "convbus_tracker_parked_total" in exposed.text
+    finally:
+        await server.close()
+
+
+async def test_port_zero_serves_nothing() -> None:
+    async def ready() -> dict[str, bool]:
+        return {}
+
+    server = OpsServer("127.0.0.1", 0, ready)
+    await server.start()
+    await server.close()
+
+
+async def test_a_taken_port_is_a_config_error() -> None:
+    async def ready() -> dict[str, bool]:
+        return {}
+
+    first = OpsServer("127.0.0.1", free_port(), ready)
+    await first.start()
+    try:
+        with pytest.raises(ConfigError, match=f"RELAY_OPS_PORT {first.port}"):
+            await OpsServer("127.0.0.1", first.port, ready).start()
+    finally:
+        await first.close()
