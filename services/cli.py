@@ -1,4 +1,4 @@
-"""The `convbus` command: api, child, tracker, and up (all three on this machine)."""
+"""The `convbus` command: api, child, tracker, migrate, and up (all on this machine)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine, Sequence
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from shared.durations import parse_duration
 from shared.errors import BusError
 from shared.logs import setup_logging
 from shared.settings import ApiSettings, BusSettings, ChildSettings, TrackerSettings
@@ -59,6 +61,7 @@ def cmd_api(args: argparse.Namespace) -> None:
         port=port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        log_config=None,  # uvicorn's records go through the bus's own format
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=10,
@@ -155,19 +158,104 @@ def cmd_dlq(args: argparse.Namespace) -> None:
     _run(main())
 
 
+def cmd_overview(args: argparse.Namespace) -> None:
+    """Queue depths, consumers, parked and retrying tasks, tracker lag."""
+    from services.overview import fetch_overview, render_table
+
+    settings = _settings(BusSettings)
+
+    async def main() -> None:
+        overview = await fetch_overview(settings, timeout=args.timeout)
+        if args.json:
+            print(json.dumps(overview.as_dict()))
+        else:
+            print(render_table(overview))
+
+    _run(main())
+
+
+def _migrate(settings: BusSettings) -> str:
+    from shared.schema import migrate_blocking
+
+    try:
+        return migrate_blocking(settings.database_url.get_secret_value())
+    except BusError as exc:
+        raise SystemExit(f"convbus migrate: {exc}") from exc
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    """Upgrade the database's schema to this release's revision."""
+    print(f"database schema at revision {_migrate(_settings(BusSettings))}")
+
+
+def _age(text: str) -> timedelta:
+    """The value of `--older-than`: a duration (30d, 12h, 90m) of at least an hour."""
+    from shared.retention import MIN_AGE
+
+    try:
+        age = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if age < MIN_AGE:
+        raise argparse.ArgumentTypeError(f"{text!r}: prune only what is at least {MIN_AGE} old")
+    return age
+
+
+def _batch_size(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number from 1 to 10000")
+    return int(text)
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    """Delete finished tasks, their log and keys, and messages older than --older-than."""
+    from shared.db import make_engine
+    from shared.ids import utcnow
+    from shared.retention import prune
+
+    settings = _settings(BusSettings)
+    cutoff = utcnow() - args.older_than
+
+    async def main() -> None:
+        engine = make_engine(settings.database_url.get_secret_value())
+        try:
+            counts = await prune(engine, cutoff, dry_run=args.dry_run, batch_size=args.batch_size)
+        finally:
+            await engine.dispose()
+        verb = "would prune" if args.dry_run else "pruned"
+        print(f"{verb} {counts} (finished before {cutoff:%Y-%m-%dT%H:%M:%SZ})")
+
+    _run(main())
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     """Start the tracker, the API and one child per pool as processes; stop them together."""
     api = _settings(ApiSettings)
     api.effective_api_key()  # refuse to start without a key, before starting anything
+    # The tracker and the API refuse an outdated schema: bring it up to date first.
+    log.info("database schema at revision %s", _migrate(api))
     port = args.port or api.port
     # The children call back the API started here, unless told otherwise.
     os.environ.setdefault("LYNKER_API_BASE", f"http://127.0.0.1:{port}")
     me = [sys.executable, "-m", "services.cli"]
-    commands = [[*me, "tracker"], [*me, "api", "--port", str(port)]]
+    # Each process serves health and metrics on a port of its own: the tracker on its port
+    # (RELAY_OPS_PORT, default 8011), the children on the ports after it (0: none at all).
+    ops_port = _settings(TrackerSettings).ops_port
+    commands: list[tuple[list[str], dict[str, str]]] = [
+        ([*me, "tracker"], {"RELAY_OPS_PORT": str(ops_port)}),
+        ([*me, "api", "--port", str(port)], {}),
+    ]
     handler_args = [arg for spec in args.handlers or [] for arg in ("--handlers", spec)]
     for pool in args.pools.split(","):
-        commands += [[*me, "child", "--pool", pool.strip(), *handler_args]] * args.children
-    procs = [subprocess.Popen(cmd) for cmd in commands]
+        for _ in range(args.children):
+            child_port = ops_port and ops_port + len(commands) - 1
+            commands.append(
+                (
+                    [*me, "child", "--pool", pool.strip(), *handler_args],
+                    {"RELAY_OPS_PORT": str(child_port)},
+                )
+            )
+    procs = [subprocess.Popen(cmd, env={**os.environ, **env}) for cmd, env in commands]
     stopping = False
 
     def stop(*_: object) -> None:
@@ -235,18 +323,43 @@ def parser() -> argparse.ArgumentParser:
             action.add_argument("--yes", action="store_true", help="do not ask")
     dlq.set_defaults(func=cmd_dlq)
 
+    overview = sub.add_parser(
+        "overview", help="queue depths, consumers, parked and retrying tasks, tracker lag"
+    )
+    overview.add_argument("--json", action="store_true", help="one JSON object")
+    overview.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    overview.set_defaults(func=cmd_overview)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database's schema (RELAY_DATABASE_URL)")
+    migrate.set_defaults(func=cmd_migrate)
+
+    prune = sub.add_parser(
+        "prune", help="delete finished tasks, their log and keys, and messages older than AGE"
+    )
+    prune.add_argument(
+        "--older-than", required=True, type=_age, metavar="AGE", help="e.g. 30d, 12h, 90m"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
+    prune.add_argument(
+        "--batch-size", type=_batch_size, default=5000, metavar="N",
+        help="records deleted per transaction, 1 to 10000 (default 5000)",
+    )  # fmt: skip
+    prune.set_defaults(func=cmd_prune)
+
     up = sub.add_parser("up", help="run tracker, API and children together on this machine")
     up.add_argument("--pools", default="child", help="comma-separated pools (default: child)")
     up.add_argument("--children", type=int, default=1, help="workers per pool (default 1)")
     up.add_argument("--port", type=int, help="API port (RELAY_PORT, default 8008)")
     up.add_argument("--handlers", action="append", metavar="MODULE:ATTR")
     up.set_defaults(func=cmd_up)
+
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    setup_logging(os.environ.get("RELAY_LOG_LEVEL", "INFO"), f"{args.command}")
+    settings = _settings(BusSettings)
+    setup_logging(settings.log_level, args.command, settings.log_format)
     args.func(args)
 
 

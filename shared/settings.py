@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from functools import cached_property
 from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.durations import Duration
 from shared.errors import ConfigError
 from shared.retry import RetryPolicies
 
@@ -27,13 +29,18 @@ class BusSettings(BaseSettings):
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     namespace: str = Field(default="relay", pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
     database_url: SecretStr = SecretStr("sqlite:///./convbus.db")
+    #: RabbitMQ's management HTTP API (may carry credentials); unset: the AMQP URL's host, port
+    #: 15672, its credentials. The vhost is always the AMQP URL's.
+    management_url: SecretStr | None = None
     api_key: SecretStr | None = None
     dev_mode: bool = False
     #: Seconds between AMQP heartbeats; a dead connection is noticed in about twice this.
     heartbeat: int = Field(default=10, ge=1, le=600)
     log_level: str = "INFO"
+    #: `text`: readable lines; `json`: one JSON object a line (for log collectors).
+    log_format: Literal["text", "json"] = "text"
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "management_url", mode="before")
     @classmethod
     def _empty_key_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -131,6 +138,9 @@ class ChildSettings(BusSettings):
     state_dir: str = "."
     #: Days a finished handler's result is kept for redeliveries.
     state_retention_days: float = Field(default=7.0, gt=0)
+    #: Where /healthz, /readyz and /metrics are served; port 0 serves none.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = Field(default=8010, ge=0, le=65535)
 
     @cached_property
     def worker_name(self) -> str:
@@ -147,3 +157,27 @@ class TrackerSettings(BusSettings):
     batch_wait: float = Field(default=0.02, ge=0, le=10)
     #: Seconds between reconnect attempts when the database is down.
     db_retry: float = Field(default=1.0, gt=0, le=60)
+    #: Where /healthz, /readyz and /metrics are served; port 0 serves none.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = Field(default=8011, ge=0, le=65535)
+    #: Seconds between readings of the queues' depths for the metrics.
+    queue_stats_every: float = Field(default=15.0, gt=0, le=3600)
+    #: Prune what finished longer ago than this (`30d`, `12h`…): tasks, their log and keys, and
+    #: messages (shared/retention.py). Unset: never (`convbus prune` does it by hand).
+    prune_after: Duration | None = None
+    #: How often the tracker prunes, when RELAY_PRUNE_AFTER is set.
+    prune_every: Duration = timedelta(hours=1)
+
+    @field_validator("prune_after", mode="before")
+    @classmethod
+    def _empty_age_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("prune_after")
+    @classmethod
+    def _not_too_young(cls, value: timedelta | None) -> timedelta | None:
+        from shared.retention import MIN_AGE
+
+        if value is not None and value < MIN_AGE:
+            raise ValueError(f"prune only what is at least {MIN_AGE} old (e.g. 30d)")
+        return value

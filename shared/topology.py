@@ -21,7 +21,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
@@ -38,6 +38,19 @@ DELIVERY_LIMIT = 20
 PARKED_DELIVERY_LIMIT = 1_000_000
 #: A delay queue nobody declared for this long is deleted (its messages left long before).
 DELAY_QUEUE_IDLE_MS = 600_000
+_PARKED_SUFFIX = ".parked"
+_DELAY_SUFFIX = re.compile(r"\.delay\.([0-9]+)$")
+
+QueueKind = Literal["pool", "parked", "delay", "tracker", "tracker_parked"]
+
+
+@dataclass(frozen=True)
+class QueueRole:
+    """What a queue of a namespace is: its kind, its pool (None for the tracker's), its delay."""
+
+    kind: QueueKind
+    pool: str | None = None
+    delay_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,14 +83,44 @@ class Topology:
     def pool_queue(self, pool: str) -> str:
         if not self.is_pool_name(pool):
             raise ValueError(f"invalid pool name {pool!r}")
-        return f"{self.namespace}.pool.{pool}"
+        return f"{self._pool_prefix}{pool}"
+
+    @property
+    def _pool_prefix(self) -> str:
+        return f"{self.namespace}.pool."
 
     @staticmethod
     def parked_queue(queue: str) -> str:
-        return f"{queue}.parked"
+        return f"{queue}{_PARKED_SUFFIX}"
 
     def delay_queue(self, pool: str, delay_ms: int) -> str:
         return f"{self.pool_queue(pool)}.delay.{delay_ms}"
+
+    @property
+    def name_prefix(self) -> str:
+        """What every exchange and queue name of this namespace starts with."""
+        return f"{self.namespace}."
+
+    def classify(self, queue: str) -> QueueRole | None:
+        """What `queue` is in this namespace; None for another namespace's or an unknown queue."""
+        if queue == self.tracker_queue:
+            return QueueRole("tracker")
+        if queue == self.parked_queue(self.tracker_queue):
+            return QueueRole("tracker_parked")
+        if not queue.startswith(self._pool_prefix):
+            return None
+        rest = queue[len(self._pool_prefix) :]
+        role: QueueRole
+        # Unambiguous: a pool's name never holds a `parked` or `delay` segment (is_pool_name).
+        if rest.endswith(_PARKED_SUFFIX):
+            rest = rest[: -len(_PARKED_SUFFIX)]
+            role = QueueRole("parked", rest)
+        elif delay := _DELAY_SUFFIX.search(rest):
+            rest = rest[: delay.start()]
+            role = QueueRole("delay", rest, int(delay.group(1)))
+        else:
+            role = QueueRole("pool", rest)
+        return role if self.is_pool_name(rest) else None
 
     @property
     def parked_pools_pattern(self) -> str:

@@ -103,13 +103,32 @@ def _pg_database(admin_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh database per test, on SQLite and on PostgreSQL (created and dropped)."""
+def _fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'bus.db'}"
         return
     yield from _pg_database(request.getfixturevalue("pg_admin_url"))
+
+
+def migrated(database_url: str) -> str:
+    """The database at `database_url`, with the schema migrated to head (as `convbus migrate`)."""
+    from shared.schema import migrate_blocking
+
+    migrate_blocking(database_url)
+    return database_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database per test without any schema, on SQLite and on PostgreSQL."""
+    yield from _fresh_database(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database per test, migrated, on SQLite and on PostgreSQL (created and dropped)."""
+    for url in _fresh_database(request, tmp_path):
+        yield migrated(url)
 
 
 @dataclass
@@ -209,6 +228,8 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    #: Where it serves /healthz, /readyz and /metrics (the API: on its own port).
+    ops_port: int
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -262,6 +283,7 @@ class Bus:
 
     def start(self, name: str, *args: str, **env: str) -> Proc:
         log = self.workdir / f"{name}-{len(self.procs)}.log"
+        env.setdefault("RELAY_OPS_PORT", str(free_port()))
         with log.open("wb") as out:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", *args],
@@ -270,7 +292,7 @@ class Bus:
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
             )
-        proc = Proc(name, popen, log)
+        proc = Proc(name, popen, log, int(env["RELAY_OPS_PORT"]))
         self.procs.append(proc)
         return proc
 

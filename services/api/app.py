@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp
 
@@ -17,11 +17,14 @@ from services.api.broker import BrokerLink
 from services.api.deps import Services, ServicesDep
 from services.api.guard import RequestGuard
 from services.api.limits import Limiter
+from services.api.metrics import AnswerCounter
 from services.api.queries import Reader
 from services.api.routes import router
-from shared.db import create_schema, make_engine
+from shared import metrics
+from shared.db import make_engine
 from shared.errors import ConfigError, DatabaseUnavailable
 from shared.ids import TaskIds, derive_secret
+from shared.schema import require_current
 from shared.settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -44,9 +47,13 @@ def create_app(settings: ApiSettings) -> ASGIApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url.get_secret_value())
         try:
-            await create_schema(engine)
+            await require_current(engine)
         except (DatabaseUnavailable, SQLAlchemyError, OSError) as exc:
             log.warning("database not reachable at start (%s); queries answer 503 until it is", exc)
+        except ConfigError as exc:
+            log.error("%s", exc)  # an outdated schema: refuse to start
+            await engine.dispose()
+            raise
         broker = BrokerLink(settings)
         broker.start()
         app.state.services = Services(
@@ -98,4 +105,9 @@ def create_app(settings: ApiSettings) -> ASGIApp:
             status_code=200 if ok else 503,
         )
 
-    return RequestGuard(app, max_body=settings.max_body_bytes)
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        payload, content_type = metrics.exposition()
+        return Response(payload, headers={"Content-Type": content_type})
+
+    return AnswerCounter(RequestGuard(app, max_body=settings.max_body_bytes))

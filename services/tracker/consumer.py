@@ -6,18 +6,24 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.lifecycle import Entry
+from services.tracker.queue_stats import QueueStats
+from services.tracker.retention import pruning
 from services.tracker.store import BadBatch, Store
-from shared import amqp
-from shared.db import create_schema, make_engine
+from shared import amqp, metrics
+from shared.db import make_engine
 from shared.errors import BrokerUnavailable, DatabaseUnavailable
 from shared.ids import utcnow
+from shared.ops import OpsServer
+from shared.schema import require_current
 from shared.schemas import Event, TaskMessage
 from shared.settings import TrackerSettings
 from shared.topology import Topology, declare_core
@@ -103,47 +109,78 @@ class Tracker:
         self.stop = asyncio.Event()
         self.written = 0
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._connection: AbstractRobustConnection | None = None
+        self._engine: AsyncEngine | None = None
+        self._consuming = False
+        self.ops = OpsServer(settings.ops_host, settings.ops_port, self.readiness)
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether the tracker consumes from RabbitMQ and reaches its database."""
+        broker = (
+            self._consuming and self._connection is not None and self._connection.connected.is_set()
+        )
+        database = False
+        if self._engine is not None:
+            try:
+                async with asyncio.timeout(2):
+                    await Store(self._engine).ping()
+                database = True
+            except (TimeoutError, DatabaseUnavailable):
+                pass
+        return {"broker": broker, "database": database}
 
     async def run(self) -> None:
-        engine = make_engine(self.settings.database_url.get_secret_value())
+        engine = self._engine = make_engine(self.settings.database_url.get_secret_value())
+        await self.ops.start()
         try:
             store = Store(engine)
             if not await self._wait_for_schema(store):
                 return
             connection = await amqp.connect_with_retry(self.settings, "convbus-tracker", self.stop)
+            self._connection = connection
+            stats = QueueStats(connection, self.topo, engine, self.settings.queue_stats_every)
             try:
-                await self._consume(connection, store)
+                async with stats.running(), pruning(engine, self.settings):
+                    await self._consume(connection, store, stats)
             except _Stopping:
                 pass
             finally:
+                self._consuming = False
                 await connection.close()
         except BrokerUnavailable:
             if not self.stop.is_set():
                 raise
         finally:
+            await self.ops.close()
             await engine.dispose()
             log.info("tracker stopped after %d new entries", self.written)
 
-    async def _consume(self, connection: AbstractRobustConnection, store: Store) -> None:
+    async def _consume(
+        self, connection: AbstractRobustConnection, store: Store, stats: QueueStats
+    ) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.settings.batch_size * 2)
         declared = await declare_core(channel, self.topo)
         tag = await declared.tracker.consume(self._on_message)
+        self._consuming = True
         log.info("tracker consuming %s", self.topo.tracker_queue)
         while not self.stop.is_set():
             batch = await self._next_batch()
             if batch:
+                stats.saw(batch)
                 await self._record(store, batch)
+        self._consuming = False
         await declared.tracker.cancel(tag)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._inbox.put_nowait(message)
 
     async def _wait_for_schema(self, store: Store) -> bool:
-        """Create the schema once the database answers; False if stopped before that."""
+        """Check the schema is current once the database answers (ConfigError if it is not);
+        False if stopped before that."""
         while not self.stop.is_set():
             try:
-                await create_schema(store.engine)
+                await require_current(store.engine)
                 return True
             except (DatabaseUnavailable, SQLAlchemyError, OSError) as exc:
                 log.warning("database not ready (%s); retrying", exc.__class__.__name__)
@@ -178,6 +215,7 @@ class Tracker:
         return batch
 
     async def _record(self, store: Store, batch: list[AbstractIncomingMessage]) -> None:
+        metrics.TRACKER_BATCH.observe(len(batch))
         entries: list[tuple[AbstractIncomingMessage, Entry]] = []
         for message in batch:
             try:
@@ -188,6 +226,7 @@ class Tracker:
                     message.message_id,
                     exc.errors(include_input=False)[:3],
                 )
+                metrics.TRACKER_PARKED.inc()
                 await _settle(message, park=True)
         try:
             await self._write(store, [e for _, e in entries])
@@ -197,6 +236,7 @@ class Tracker:
                     await self._write(store, [entry])
                 except BadBatch as exc:
                     log.error("parking event %s the database refused: %s", entry.event_id, exc)
+                    metrics.TRACKER_PARKED.inc()
                     await _settle(message, park=True)
                 else:
                     await _settle(message, park=False)
@@ -208,7 +248,11 @@ class Tracker:
         """Write, waiting out a database outage; raises BadBatch, or _Stopping if stopped."""
         while True:
             try:
-                self.written += await store.write(entries)
+                started = time.perf_counter()
+                written = await store.write(entries)
+                metrics.TRACKER_WRITE.observe(time.perf_counter() - started)
+                metrics.TRACKER_EVENTS.inc(written)
+                self.written += written
                 return
             except DatabaseUnavailable as exc:
                 log.warning("%s; holding %d events unacked", exc, len(entries))

@@ -42,3 +42,21 @@ def test_a_child_out_of_grace_leaves_the_task_for_another(bus: Bus) -> None:
     done = wait_for(lambda: finished(bus, task_id), timeout=30)
     assert done["task_status"] == "completed" and done["child_id"] == "second"
     assert done["attempts"] == 1  # a redelivery is the same attempt (the retry count is #3's)
+
+
+def test_a_tracker_stopped_mid_stream_exits_cleanly_and_loses_nothing(bus: Bus) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.faults.conftest import assert_exactly_once, ledger
+
+    tracker = bus.start_tracker(RELAY_BATCH_SIZE="20")
+    bus.start_child("child", "--handlers", "bus_handlers:handlers")
+    bus.start_api()
+    with ThreadPoolExecutor(8) as pool:
+        sending = pool.map(lambda _: send_task(bus, "echo"), range(400))
+        wait_for(lambda: len(ledger(bus.database_url)[0]) >= 20, what="the tracker to write")
+        assert tracker.stop(timeout=30) == 0  # while sends and callbacks still stream in
+        task_ids = list(sending)
+    assert "tracker stopped after" in tracker.output()
+    bus.start_tracker()
+    assert_exactly_once(bus.database_url, task_ids)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Bus, Namespace, free_port, running, unavailable, wait_for
+from tests.conftest import Bus, Namespace, free_port, migrated, running, unavailable, wait_for
 
 
 def _port_open(port: int) -> bool:
@@ -51,6 +51,8 @@ class PrivateRabbit:
     port: int
     dist_port: int
     tls_port: int | None = None
+    #: The management plugin's HTTP port, when the node runs it.
+    management_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -61,6 +63,11 @@ class PrivateRabbit:
         """amqps:// on the TLS listener, verifying the test CA's certificate for `localhost`."""
         assert self.tls_port is not None
         return f"amqps://guest:guest@localhost:{self.tls_port}/?cafile={self.root / 'ca.pem'}"
+
+    @property
+    def management_url(self) -> str:
+        assert self.management_port is not None
+        return f"http://guest:guest@127.0.0.1:{self.management_port}/"
 
     def env(self) -> dict[str, str]:
         return {
@@ -78,6 +85,9 @@ class PrivateRabbit:
     def start(self) -> None:
         subprocess.run(["rabbitmq-server", "-detached"], env=self.env(), check=True, timeout=30)
         wait_for(lambda: _port_open(self.port), timeout=60, what=f"RabbitMQ {self.name} to listen")
+        if self.management_port is not None:
+            port = self.management_port
+            wait_for(lambda: _port_open(port), timeout=60, what=f"{self.name}'s management API")
 
     def _signal(self, sig: int) -> None:
         # A signal to the node's own pid: no CLI tool, no Erlang distribution involved.
@@ -95,15 +105,23 @@ class PrivateRabbit:
         self._signal(signal.SIGKILL)
 
     @classmethod
-    def create(cls, tls: bool = False) -> PrivateRabbit:
+    def create(cls, tls: bool = False, management: bool = False) -> PrivateRabbit:
         if shutil.which("rabbitmq-server") is None:
             unavailable("a private RabbitMQ node", "rabbitmq-server is not installed")
         root = Path(tempfile.mkdtemp(prefix="convbus-rmq-"))
         port, dist = free_port(), free_port()
         (root / "mnesia").mkdir()
         (root / "log").mkdir()
-        (root / "enabled_plugins").write_text("[].\n")
+        (root / "enabled_plugins").write_text("[rabbitmq_management].\n" if management else "[].\n")
         config = f"listeners.tcp.local = 127.0.0.1:{port}\n"
+        management_port = None
+        if management:
+            management_port = free_port()
+            # Queue statistics every 0.5 s (default 5 s), so that tests wait less for them.
+            config += (
+                f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"
+                "collect_statistics_interval = 500\nmanagement.rates_mode = none\n"
+            )
         tls_port = None
         if tls:
             tls_port = free_port()
@@ -120,7 +138,8 @@ class PrivateRabbit:
         root.chmod(0o755)
         with contextlib.suppress(KeyError, PermissionError):
             _chown(root, "rabbitmq")  # the server drops to this user; it must own its files
-        return cls(root, f"convbus-{uuid.uuid4().hex[:8]}@localhost", port, dist, tls_port)
+        name = f"convbus-{uuid.uuid4().hex[:8]}@localhost"
+        return cls(root, name, port, dist, tls_port, management_port)
 
 
 def _make_certificates(root: Path) -> None:
@@ -166,7 +185,9 @@ def _make_certificates(root: Path) -> None:
 
 @pytest.fixture(params=[False], ids=["plain"])
 def private_rabbit(request: pytest.FixtureRequest) -> Iterator[PrivateRabbit]:
-    node = PrivateRabbit.create(tls=request.param)
+    # The parameter: `tls` (a bool), or the keyword arguments of PrivateRabbit.create.
+    options = request.param if isinstance(request.param, dict) else {"tls": request.param}
+    node = PrivateRabbit.create(**options)
     node.start()
     try:
         yield node
@@ -243,7 +264,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 def rabbit_bus(private_rabbit: PrivateRabbit, tmp_path: Path) -> Iterator[Bus]:
     """A bus on the private broker (SQLite), so the broker can be killed under it."""
     namespace = Namespace(name=f"f{uuid.uuid4().hex[:10]}", amqp_url=private_rabbit.url)
-    database_url = f"sqlite:///{tmp_path / 'bus.db'}"
+    database_url = migrated(f"sqlite:///{tmp_path / 'bus.db'}")
     with running(Bus(namespace=namespace, database_url=database_url, workdir=tmp_path)) as bus:
         yield bus
 
@@ -253,7 +274,7 @@ def postgres_bus(
     private_postgres: PrivatePostgres, namespace: Namespace, tmp_path: Path
 ) -> Iterator[Bus]:
     """A bus whose tracker writes to the private PostgreSQL, so it can be stopped under it."""
-    database_url = private_postgres.url
+    database_url = migrated(private_postgres.url)
     with running(Bus(namespace=namespace, database_url=database_url, workdir=tmp_path)) as bus:
         yield bus
 
