@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test lint format unit clean
+.PHONY: venv run test lint format unit bench clean
 
 # The environment: created when missing, reinstalled when the dependencies change.
 $(STAMP): pyproject.toml requirements.lock
@@ -18,6 +18,11 @@ venv: $(STAMP)
 # The whole bus on the local RabbitMQ, SQLite by default, API on http://127.0.0.1:8008.
 run: venv
 	RELAY_DEV_MODE=$${RELAY_DEV_MODE:-true} $(BIN)/convbus up
+
+# The benchmark's standard cases on a bus of its own (local RabbitMQ and PostgreSQL, cleaned up
+# after). Options: BENCH_ARGS="--children 2 --sqlite --tasks N --rate R".
+bench: venv
+	$(BIN)/python scripts/bench_local.py $(BENCH_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

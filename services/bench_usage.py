@@ -1,0 +1,91 @@
+"""What the processes of a benchmark use: RSS and CPU, from each service's /metrics and our own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+from dataclasses import dataclass
+
+import aiohttp
+
+#: The process collector's samples (prometheus-client exports them on Linux).
+RSS_METRIC = "process_resident_memory_bytes"
+CPU_METRIC = "process_cpu_seconds_total"
+#: Each service's /metrics is read this often.
+SAMPLE_EVERY = 0.5
+
+
+@dataclass
+class Usage:
+    """What a service's /metrics told of its process during the run."""
+
+    peak_rss: int | None = None
+    cpu_first: float | None = None
+    cpu_last: float | None = None
+
+    def add(self, rss: int | None, cpu: float | None) -> None:
+        if rss is not None:
+            self.peak_rss = max(self.peak_rss or 0, rss)
+        if cpu is not None:
+            self.cpu_first = cpu if self.cpu_first is None else self.cpu_first
+            self.cpu_last = cpu
+
+    def cpu_seconds(self) -> float | None:
+        if self.cpu_first is None or self.cpu_last is None:
+            return None
+        return self.cpu_last - self.cpu_first
+
+
+async def _read_process(
+    session: aiohttp.ClientSession, url: str
+) -> tuple[int | None, float | None]:
+    """RSS and CPU seconds of a service's process from its /metrics (None: not readable)."""
+    try:
+        async with session.get(url) as response:
+            if response.status != 200:
+                return None, None
+            text = await response.text()
+    except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+        return None, None
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in (RSS_METRIC, CPU_METRIC):
+            with contextlib.suppress(ValueError):
+                found[name] = float(value.split()[0])
+    rss = found.get(RSS_METRIC)
+    return None if rss is None else int(rss), found.get(CPU_METRIC)
+
+
+async def sample(urls: dict[str, str], stop: asyncio.Event) -> dict[str, Usage]:
+    """Each service's usage, read every SAMPLE_EVERY seconds until `stop`, then once more."""
+    usage = {name: Usage() for name in urls}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            values = await asyncio.gather(*(_read_process(session, url) for url in urls.values()))
+            for name, (rss, cpu) in zip(urls, values, strict=True):
+                usage[name].add(rss, cpu)
+            if stop.is_set():
+                return usage
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
+
+
+def own_peak_rss() -> int:
+    """This process's peak RSS in bytes.
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a bench started by a large
+    process (pytest, a driver script) would report its parent's size.
+    """
+    with contextlib.suppress(OSError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def own_cpu() -> float:
+    """CPU seconds this process used so far, user and system."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
