@@ -107,6 +107,8 @@ class ApiSettings(BusSettings):
     #: Secret that signs task ids; every API replica must share it. Derived from the key if unset.
     id_secret: SecretStr | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    #: Database connections the API keeps open (PostgreSQL); as many again may open under load.
+    db_pool_size: int = Field(default=20, ge=1, le=500)
     #: How long a signed task id the tracker has not seen yet still reads as `pending`.
     pending_grace_seconds: int = Field(default=7 * 24 * 3600, ge=60)
 

@@ -45,7 +45,7 @@ def create_app(settings: ApiSettings) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url.get_secret_value())
+        engine = make_engine(settings.database_url.get_secret_value(), settings.db_pool_size)
         try:
             await require_current(engine)
         except (DatabaseUnavailable, SQLAlchemyError, OSError) as exc:

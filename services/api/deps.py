@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -30,7 +30,7 @@ class Services:
     ids: TaskIds
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -55,7 +55,7 @@ def authenticate(services: Services, request: Request, key: str | None) -> Princ
 KeyHeader = Annotated[str | None, Header(alias="X-Relay-API-Key", include_in_schema=False)]
 
 
-def _principal(services: ServicesDep, request: Request, key: KeyHeader = None) -> Principal:
+async def _principal(services: ServicesDep, request: Request, key: KeyHeader = None) -> Principal:
     return authenticate(services, request, key)
 
 
@@ -68,8 +68,8 @@ def require(principal: Principal, *scopes: str) -> None:
         raise ApiError(403, f"Forbidden: this key lacks the {' or '.join(scopes)} scope")
 
 
-def _scope(*scopes: str) -> Callable[[Principal], Principal]:
-    def check(principal: PrincipalDep) -> Principal:
+def _scope(*scopes: str) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: PrincipalDep) -> Principal:
         require(principal, *scopes)
         return principal
 
