@@ -58,6 +58,13 @@ IdempotencyKey = Annotated[
         description="A retried send with the same key creates nothing new.",
     ),
 ]
+FirstCallback = Annotated[
+    str | None,
+    Header(
+        alias="X-Relay-First-Callback",
+        description="`1`: the child never sent a callback for this task before this one.",
+    ),
+]
 
 
 @router.post("/send", response_model=SendResponse, responses=_ERRORS)
@@ -148,19 +155,23 @@ async def _known(task_id: str, services: Services) -> str | None:
     responses=_ERRORS,
 )
 async def callback(
-    body: CallbackRequest, services: ServicesDep, principal: CallbackKey
+    body: CallbackRequest,
+    services: ServicesDep,
+    principal: CallbackKey,
+    first: FirstCallback = None,
 ) -> CallbackResponse:
     """A child reports a task's outcome; 200 once the completion is durably on the bus.
 
     A completion the tracker already recorded is a duplicate. One still in flight is published
-    again under the same event id, which the tracker records once.
+    again under the same event id, which the tracker records once. A child that says this is
+    the task's first callback saves the lookup (were it wrong, only `duplicate` goes unsaid).
     """
     if services.ids.issued_at(body.task_id) is None:
         await _known(body.task_id, services)  # 404 unless it is a client-chosen id we sent
     await _check_pool(principal, body.task_id, services)
     event_id = callback_event_id(body.task_id)
     try:
-        if await services.reader.has_event(event_id):
+        if first != "1" and await services.reader.has_event(event_id):
             return CallbackResponse(duplicate=True)
     except DatabaseUnavailable:
         pass  # the database is down: publish anyway, the tracker keeps one completion

@@ -13,6 +13,8 @@ from shared.schemas import CallbackRequest, CallbackResponse
 log = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-Relay-API-Key"
+#: Sent with a callback that cannot be a repeat, so the API need not look for an earlier one.
+FIRST_CALLBACK_HEADER = "X-Relay-First-Callback"
 
 
 class CallbackClient:
@@ -32,6 +34,7 @@ class CallbackClient:
         self.attempts = attempts
         self.backoff = backoff
         self._headers = {API_KEY_HEADER: api_key, "Content-Type": "application/json"}
+        self._first_headers = {**self._headers, FIRST_CALLBACK_HEADER: "1"}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
 
@@ -69,8 +72,11 @@ class CallbackClient:
         """
         return [self.backoff * 2**i for i in range(self.attempts)]
 
-    async def send(self, body: CallbackRequest) -> bool:
+    async def send(self, body: CallbackRequest, *, first: bool = False) -> bool:
         """POST until a 2xx; True if the API called it a duplicate.
+
+        `first`: no callback for this task was ever sent before this one (the task's first
+        delivery, its outcome just computed); said on the first try only.
 
         Raises UnknownTask on 404 and CallbackRefused on another 4xx (retrying cannot help),
         CallbackFailed when every attempt failed.
@@ -79,8 +85,9 @@ class CallbackClient:
         last = ""
         for attempt, delay in enumerate(self.delays(), start=1):
             try:
+                headers = self._first_headers if first and attempt == 1 else self._headers
                 async with self._get_session().post(
-                    self.url, data=data, headers=self._headers, timeout=self._timeout
+                    self.url, data=data, headers=headers, timeout=self._timeout
                 ) as response:
                     text = await response.text()
                     if 200 <= response.status < 300:

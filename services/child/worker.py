@@ -203,6 +203,8 @@ class Worker:
         attempt = attempt_of(message)
         policy = self.settings.retry.for_task(self.pool, task.cmd)
         outcome = self.finished.get(task.task_id)
+        # Nothing was ever called back for a task on its first delivery with a fresh outcome.
+        first = outcome is None and not message.redelivered and attempt == 1
         if outcome is None:
             may_be_done = message.redelivered or attempt > 1
             if may_be_done and await self.callback.is_completed(task.task_id):
@@ -219,7 +221,7 @@ class Worker:
             self.finished.put(outcome)
         started = time.perf_counter()
         try:
-            status = await self._call_back(task, outcome)
+            status = await self._call_back(task, outcome, first=first)
         except UnknownTask as exc:
             return await self._park(message, task, attempt, str(exc))
         except CallbackFailed as exc:
@@ -261,10 +263,10 @@ class Worker:
             )
         return done
 
-    async def _call_back(self, task: TaskMessage, outcome: CallbackRequest) -> str:
+    async def _call_back(self, task: TaskMessage, outcome: CallbackRequest, *, first: bool) -> str:
         """Report the outcome; the status the API accepted (`done` or `failed`)."""
         try:
-            await self.callback.send(outcome)
+            await self.callback.send(outcome, first=first)
         except CallbackRefused as exc:
             log.error("the API refused the result of %s (%s); reporting failure", task.task_id, exc)
             await self.callback.send(_failed(task, self.child_id, f"result refused: {exc}"))

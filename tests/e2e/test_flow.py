@@ -176,6 +176,11 @@ def test_callback_ahead_of_the_tracker_is_accepted_and_kept(bus: Bus) -> None:
 
     again = httpx.post(f"{bus.api}/api/relay/callback", json=callback, headers=AUTH, timeout=5)
     assert again.json() == {"status": "ok", "duplicate": True}
+    # A child that wrongly says "first" changes nothing: only `duplicate` goes unsaid.
+    first = {**AUTH, "X-Relay-First-Callback": "1"}
+    wrong = {**callback, "result": {"x": 2}}
+    response = httpx.post(f"{bus.api}/api/relay/callback", json=wrong, headers=first, timeout=5)
+    assert response.json() == {"status": "ok"}
     late = {**callback, "status": "failed", "error": "late"}
     assert httpx.post(f"{bus.api}/api/relay/callback", json=late, headers=AUTH, timeout=5).json()[
         "duplicate"
@@ -185,8 +190,10 @@ def test_callback_ahead_of_the_tracker_is_accepted_and_kept(bus: Bus) -> None:
     )
     assert ack.status_code == 200
     entries = logs_at_least(bus, 3, task_id=task_id)
+    # The ack is recorded after every callback published before it: one completion, the first.
     assert sorted(e["event"] for e in entries) == ["ack", "callback", "send"]
     assert record(bus, task_id)["task_status"] == "completed"
+    assert record(bus, task_id)["result"] == {"x": 1}
 
 
 def test_unknown_task_ids_are_refused(bus: Bus) -> None:

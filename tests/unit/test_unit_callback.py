@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from services.child.callback import API_KEY_HEADER, CallbackClient
+from services.child.callback import API_KEY_HEADER, FIRST_CALLBACK_HEADER, CallbackClient
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
 from shared.schemas import CallbackRequest
 
@@ -34,6 +34,7 @@ class Api:
                 "path": request.path,
                 "method": request.method,
                 "key": request.headers.get(API_KEY_HEADER),
+                "first": request.headers.get(FIRST_CALLBACK_HEADER),
                 "content_type": request.headers.get("Content-Type"),
                 "body": await request.read(),
             }
@@ -220,3 +221,14 @@ async def test_the_client_reopens_a_closed_session(api: Api) -> None:
 
 async def test_close_without_any_request_is_fine() -> None:
     await make_client("http://127.0.0.1:1").close()
+
+
+async def test_first_is_said_on_the_first_try_only(api: Api) -> None:
+    api.script = [(503, '{"status":"error","msg":"down"}'), OK]
+    client = CallbackClient(api.base, KEY, attempts=3, backoff=0)
+    try:
+        await client.send(CallbackRequest(task_id="t_1"), first=True)
+        await client.send(CallbackRequest(task_id="t_2"))
+    finally:
+        await client.close()
+    assert [r["first"] for r in api.requests] == ["1", None, None]
