@@ -241,8 +241,7 @@ class Tracker:
                 else:
                     await _settle(message, park=False)
             return
-        for message, _ in entries:
-            await _settle(message, park=False)
+        await _ack_batch([message for message, _ in entries])
 
     async def _write(self, store: Store, entries: Sequence[Entry]) -> None:
         """Write, waiting out a database outage; raises BadBatch, or _Stopping if stopped."""
@@ -261,6 +260,28 @@ class Tracker:
                     raise _Stopping from exc
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), self.settings.db_retry)
+
+
+async def _ack_batch(messages: Sequence[AbstractIncomingMessage]) -> None:
+    """Ack a committed batch with one frame per channel (`multiple`, up to its last delivery).
+
+    The tracker settles every batch before it takes the next, so on a channel every delivery
+    up to the batch's last is in this batch, or was settled already (a parked one).
+    """
+    last: dict[int, AbstractIncomingMessage] = {}
+    for message in messages:  # in delivery order: the last one per channel has the top tag
+        last[id(message.channel)] = message
+    for message in last.values():
+        try:
+            await message.ack(multiple=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "could not ack a batch up to %s (%r); it will be redelivered",
+                message.message_id,
+                exc,
+            )
 
 
 async def _settle(message: AbstractIncomingMessage, *, park: bool) -> None:
