@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.queries import LogFilter, Reader
 from services.tracker.lifecycle import Entry
 from services.tracker.store import Store
-from shared.db import make_engine
 from shared.models import LogEntry
 from shared.schemas import Event, TaskMessage
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 LOG = LogEntry.__table__  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url)  # the fixture migrated the database
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 def _entries() -> list[Entry]:

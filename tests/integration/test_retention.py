@@ -9,7 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,15 +39,6 @@ NOW = utcnow()
 OLD = NOW - timedelta(days=40)
 RECENT = NOW - timedelta(days=1)
 CUTOFF = NOW - timedelta(days=30)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url)  # the fixture migrated the database
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 def send(task_id: str, at: datetime) -> Entry:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,22 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.lifecycle import Entry
 from services.tracker.store import Store
-from shared.db import make_engine
 from shared.models import LogEntry, Task
 from shared.schemas import Event, TaskMessage
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 TASKS = Task.__table__  # type: ignore[attr-defined]
 LOG = LogEntry.__table__  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url)  # the fixture migrated the database
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 def send(task_id: str, **extra: Any) -> Entry:
