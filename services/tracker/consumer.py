@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aiormq.exceptions import ChannelInvalidStateError
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -269,8 +270,16 @@ async def _ack_batch(messages: Sequence[AbstractIncomingMessage]) -> None:
     up to the batch's last is in this batch, or was settled already (a parked one).
     """
     last: dict[int, AbstractIncomingMessage] = {}
+    orphans = 0
     for message in messages:  # in delivery order: the last one per channel has the top tag
-        last[id(message.channel)] = message
+        try:
+            last[id(message.channel)] = message
+        except ChannelInvalidStateError:
+            orphans += 1
+    if orphans:
+        # Their channel closed (the broker went away): RabbitMQ delivers them again, and the
+        # log keeps one entry per event id.
+        log.warning("%d written events not acked: their channel is closed", orphans)
     for message in last.values():
         try:
             await message.ack(multiple=True)
