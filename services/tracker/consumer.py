@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.lifecycle import Entry
-from services.tracker.queue_stats import QueueStats
+from services.tracker.queue_stats import QueueWatch
 from services.tracker.retention import pruning
 from services.tracker.store import BadBatch, Store
 from shared import amqp, metrics
@@ -139,7 +139,7 @@ class Tracker:
                 return
             connection = await amqp.connect_with_retry(self.settings, "convbus-tracker", self.stop)
             self._connection = connection
-            stats = QueueStats(connection, self.topo, engine, self.settings.queue_stats_every)
+            stats = QueueWatch(connection, self.topo, engine, self.settings.queue_stats_every)
             try:
                 async with stats.running(), pruning(engine, self.settings):
                     await self._consume(connection, store, stats)
@@ -157,7 +157,7 @@ class Tracker:
             log.info("tracker stopped after %d new entries", self.written)
 
     async def _consume(
-        self, connection: AbstractRobustConnection, store: Store, stats: QueueStats
+        self, connection: AbstractRobustConnection, store: Store, stats: QueueWatch
     ) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.settings.batch_size * 2)

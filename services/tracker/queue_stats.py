@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 MAX_POOLS = 500
 
 
-class QueueStats:
+class QueueWatch:
     """Every `every` seconds: the tracker's lag, and each known pool's queue and parking lot."""
 
     def __init__(
@@ -72,8 +72,9 @@ class QueueStats:
         while True:
             try:
                 await self.refresh()
-            except (aiormq.exceptions.AMQPError, RuntimeError, OSError, TimeoutError) as exc:
-                # A closed connection reconnects by itself; the next round reads again.
+            except Exception as exc:
+                # Only metrics: a closed connection reconnects by itself, the next round reads
+                # again, and nothing here may stop the tracker (CancelledError still passes).
                 log.debug("queue depths not read: %r", exc)
             await asyncio.sleep(self.every)
 

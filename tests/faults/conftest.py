@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.db import sync_url
 from tests.conftest import Bus, Namespace, free_port, migrated, running, unavailable, wait_for
 
 
@@ -279,15 +280,11 @@ def postgres_bus(
         yield bus
 
 
-def _sync_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
-
-
 def ledger(database_url: str) -> tuple[dict[str, str], dict[tuple[str, str], int]]:
     """(state by task, number of log entries by task and event), read straight from the database."""
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(_sync_url(database_url))
+    engine = create_engine(sync_url(database_url))
     try:
         with engine.connect() as conn:
             states = {

@@ -78,16 +78,21 @@ def make_legacy(url: str) -> None:
         conn.commit()
 
 
-async def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
-    engine = make_engine(empty_database_url)
+async def refused_then_migrated(url: str, refusal: str) -> None:
+    """The services refuse the database (`refusal`); `migrate` brings it to the models."""
+    engine = make_engine(url)
     try:
-        with pytest.raises(ConfigError, match=r"has no convbus schema.*run `convbus migrate`"):
+        with pytest.raises(ConfigError, match=refusal):
             await require_current(engine)
-        assert await migrate(empty_database_url) == head()
+        assert await migrate(url) == head()
         await require_current(engine)
     finally:
         await engine.dispose()
-    assert diff_with_models(empty_database_url) == []
+    assert diff_with_models(url) == []
+
+
+async def test_upgrade_from_empty_matches_the_models(empty_database_url: str) -> None:
+    await refused_then_migrated(empty_database_url, r"has no convbus schema.*run `convbus migrate`")
     assert version_rows(empty_database_url) == [head()]
 
 
@@ -180,15 +185,7 @@ async def test_a_create_all_database_is_stamped_then_upgraded(empty_database_url
             )
         )
         conn.commit()
-    engine = make_engine(empty_database_url)
-    try:
-        with pytest.raises(ConfigError, match=r"tables made before convbus used migrations"):
-            await require_current(engine)
-        assert await migrate(empty_database_url) == head()
-        await require_current(engine)
-    finally:
-        await engine.dispose()
-    assert diff_with_models(empty_database_url) == []
+    await refused_then_migrated(empty_database_url, r"tables made before convbus used migrations")
     with connected(empty_database_url) as conn:
         assert conn.execute(text("SELECT task_id FROM tasks")).scalars().all() == ["t1"]
 
