@@ -130,10 +130,12 @@ async def _send_once(
     return SendResponse(task_id=task_id)
 
 
-async def _known(task_id: str, services: Services) -> str | None:
+async def _known(task_id: str, services: Services, *, reserved: bool = False) -> str | None:
     """The task's state; 'pending' if the bus issued it but the tracker has not seen it yet.
 
-    Raises 404 when the bus never issued the id.
+    `reserved`: a client-chosen id counts once its key is recorded, before RabbitMQ confirmed
+    it (a child may call back before the API marks the key confirmed). Raises 404 when the bus
+    never issued the id.
     """
     state = await services.reader.task_state(task_id)
     if state is not None:
@@ -143,7 +145,7 @@ async def _known(task_id: str, services: Services) -> str | None:
     if issued is not None and utcnow() - issued < grace:
         return "pending"
     key = await services.reader.send_key(f"task/{task_id}") if issued is None else None
-    if key is not None and key.confirmed:
+    if key is not None and (key.confirmed or reserved):
         return "pending"
     raise ApiError(404, "task not found")
 
@@ -167,7 +169,8 @@ async def callback(
     the task's first callback saves the lookup (were it wrong, only `duplicate` goes unsaid).
     """
     if services.ids.issued_at(body.task_id) is None:
-        await _known(body.task_id, services)  # 404 unless it is a client-chosen id we sent
+        # 404 unless it is a client-chosen id being sent or sent
+        await _known(body.task_id, services, reserved=True)
     await _check_pool(principal, body.task_id, services)
     event_id = callback_event_id(body.task_id)
     try:

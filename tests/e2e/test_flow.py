@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.api.queries import Reader
+from shared.db import make_engine
+from shared.ids import utcnow
 from tests.conftest import API_KEY, Bus, wait_for
 
 AUTH = {"X-Relay-API-Key": API_KEY}
@@ -222,6 +228,29 @@ def test_client_chosen_task_id_is_idempotent(bus: Bus) -> None:
     assert [e["event"] for e in logs(bus, task_id="job-42", event="send")] == ["send"]
     reserved = send(bus, type="task", cmd="echo", task_id="t_mine")
     assert reserved.status_code == 422
+
+
+def test_a_callback_may_overtake_the_confirm_of_a_client_chosen_id(bus: Bus) -> None:
+    """A child can call back before the API marked the id's send confirmed: not a 404."""
+    bus.start_api()
+    engine = make_engine(bus.database_url)
+    reserve = Reader(engine).reserve_send_key("task/job-early", "job-early", "h", utcnow(), "child")
+    assert asyncio.run(_then_dispose(reserve, engine))
+    early = {"task_id": "job-early", "status": "done", "result": 1}
+    answer = httpx.post(f"{bus.api}/api/relay/callback", json=early, headers=AUTH, timeout=10)
+    assert answer.status_code == 200, answer.text
+    never = {"task_id": "job-never", "status": "done"}
+    answer = httpx.post(f"{bus.api}/api/relay/callback", json=never, headers=AUTH, timeout=10)
+    assert answer.status_code == 404, answer.text
+    # Until the send is confirmed, a master reading the id learns nothing of it.
+    assert httpx.get(f"{bus.api}/api/relay/task-status/job-early", timeout=5).status_code == 404
+
+
+async def _then_dispose(step: Awaitable[bool], engine: AsyncEngine) -> bool:
+    try:
+        return await step
+    finally:
+        await engine.dispose()
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
