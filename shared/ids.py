@@ -99,6 +99,18 @@ def callback_event_id(task_id: str) -> str:
     return f"cb_{task_id}"
 
 
+def new_run_id() -> str:
+    """A child's id for one run of a handler (short: it travels in every callback)."""
+    return "r_" + _b32(secrets.token_bytes(10))
+
+
+def processing_event_id(task_id: str, run_id: str) -> str:
+    """The `processing` event of one run, derived so that the child's event and the one the
+    tracker writes from the callback are the same entry, and no run can claim another's id."""
+    digest = hashlib.sha256(f"{task_id}/{run_id}".encode()).digest()[:16]
+    return "p_" + _b32(digest)
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)

@@ -114,6 +114,9 @@ class Event(BaseModel):
     queue: str | None = None
     # ack
     ack_by: Name | None = None
+    # callback: the run that produced it, for the `processing` entry the tracker derives
+    run_id: Ident | None = None
+    started_at: AwareDatetime | None = None
 
 
 class CallbackRequest(_NoNul):
@@ -126,6 +129,11 @@ class CallbackRequest(_NoNul):
     status: Literal["done", "failed"] = "done"
     result: Any = None
     error: Text | None = None
+    #: The run that produced the outcome: with `run_id` and `started_at` the tracker records
+    #: the run's `processing` entry, which a fast child does not publish itself.
+    attempt: int | None = Field(default=None, ge=1)
+    run_id: Ident | None = None
+    started_at: AwareDatetime | None = None
 
 
 class AckRequest(BaseModel):

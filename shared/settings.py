@@ -132,6 +132,9 @@ class ChildSettings(BusSettings):
     callback_backoff: float = Field(default=1.0, ge=0, le=300)
     callback_timeout: float = Field(default=10.0, gt=0, le=300)
     child_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
+    #: Seconds a handler runs before the child publishes its `processing` event; a faster run's
+    #: entry is written by the tracker from the callback (one message less per task). 0: always.
+    processing_after: float = Field(default=0.05, ge=0, le=3600)
     #: Seconds a stopping child waits for in-flight tasks before leaving them for redelivery.
     shutdown_grace: float = Field(default=30.0, ge=0)
     #: Retries of failed tasks (RELAY_RETRY, JSON): default, per pool, per command.

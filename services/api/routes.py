@@ -188,6 +188,9 @@ async def callback(
         status=body.status,
         result=body.result,
         error=body.error,
+        attempt=body.attempt,
+        run_id=body.run_id,
+        started_at=body.started_at,
     )
     await services.broker.publish_event(event)
     return CallbackResponse()

@@ -7,8 +7,10 @@ import contextlib
 import enum
 import logging
 import time
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from pydantic import ValidationError
@@ -27,7 +29,7 @@ from shared.errors import (
     RetryLater,
     UnknownTask,
 )
-from shared.ids import new_event_id, utcnow
+from shared.ids import new_event_id, new_run_id, processing_event_id, utcnow
 from shared.logs import task_context
 from shared.ops import OpsServer
 from shared.retry import RetryPolicy
@@ -211,21 +213,28 @@ class Worker:
                 log.info("task %s is completed on the bus; not running it again", task.task_id)
                 self._count["skipped"].inc()
                 return Verdict.ACK
-            processing = asyncio.create_task(self._publish_processing(task, attempt))
+            run = _Run(attempt)
+            announcer = asyncio.create_task(self._announce(task, run))
             try:
                 outcome = await self._run_handler(task, policy)
             except _Retry as retry:
+                await self._end_announcement(announcer, task, run, publish=True)
                 return await self._retry_or_park(message, task, attempt, policy, retry)
-            finally:
-                await processing
+            except BaseException:
+                announcer.cancel()  # stopped mid-run: the redelivery's run is announced
+                raise
+            await self._end_announcement(announcer, task, run, publish=False)
+            outcome = outcome.model_copy(update=run.fields())
             self.finished.put(outcome)
         started = time.perf_counter()
         try:
             status = await self._call_back(task, outcome, first=first)
         except UnknownTask as exc:
+            await self._announce_now(task, outcome)
             return await self._park(message, task, attempt, str(exc))
         except CallbackFailed as exc:
             self._callback_failures.inc()
+            await self._announce_now(task, outcome)
             return await self._retry_or_park(message, task, attempt, policy, _Retry(str(exc)))
         finally:
             self._callback_seconds.observe(time.perf_counter() - started)
@@ -269,7 +278,8 @@ class Worker:
             await self.callback.send(outcome, first=first)
         except CallbackRefused as exc:
             log.error("the API refused the result of %s (%s); reporting failure", task.task_id, exc)
-            await self.callback.send(_failed(task, self.child_id, f"result refused: {exc}"))
+            failed = _failed(task, self.child_id, f"result refused: {exc}")
+            await self.callback.send(failed.model_copy(update=_run_fields(outcome)))
             return "failed"
         return outcome.status
 
@@ -353,12 +363,42 @@ class Worker:
         self._count["parked"].inc()
         return Verdict.ACK
 
-    async def _publish_processing(self, task: TaskMessage, attempt: int) -> None:
+    async def _announce(self, task: TaskMessage, run: _Run) -> None:
+        """Publish the run's `processing` event once the handler has run `processing_after`.
+
+        A faster run's callback carries the run instead, and the tracker writes the same entry.
+        """
+        if self.settings.processing_after > 0:
+            await asyncio.sleep(self.settings.processing_after)
+        run.announced = True
+        await self._publish_processing(task, run.attempt, run.run_id, run.started_at)
+
+    async def _end_announcement(
+        self, announcer: asyncio.Task[None], task: TaskMessage, run: _Run, *, publish: bool
+    ) -> None:
+        """Cancel a `processing` event still waiting, or (`publish`) publish it now."""
+        if not run.announced:
+            announcer.cancel()
+        await asyncio.wait({announcer})  # a publish under way finishes: events keep their order
+        if publish and not run.announced:
+            run.announced = True
+            await self._publish_processing(task, run.attempt, run.run_id, run.started_at)
+
+    async def _announce_now(self, task: TaskMessage, outcome: CallbackRequest) -> None:
+        """Publish the run's `processing` event before a retry or parking, which the tracker
+        records without one; a duplicate of an earlier one is recorded once."""
+        if outcome.run_id is not None and outcome.started_at is not None:
+            attempt = outcome.attempt or 1
+            await self._publish_processing(task, attempt, outcome.run_id, outcome.started_at)
+
+    async def _publish_processing(
+        self, task: TaskMessage, attempt: int, run_id: str, started_at: datetime
+    ) -> None:
         """Tell the tracker the task started; best effort (the completion is what counts)."""
         event = Event(
-            event_id=new_event_id(),
+            event_id=processing_event_id(task.task_id, run_id),
             event="processing",
-            ts=utcnow(),
+            ts=started_at,
             task_id=task.task_id,
             conversation_id=task.conversation_id,
             child_id=self.child_id,
@@ -402,6 +442,23 @@ class Worker:
                 message.message_id,
                 exc,
             )
+
+
+@dataclass
+class _Run:
+    """One run of a handler: what its `processing` entry says, and whether it was published."""
+
+    attempt: int
+    run_id: str = field(default_factory=new_run_id)
+    started_at: datetime = field(default_factory=utcnow)
+    announced: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        return {"attempt": self.attempt, "run_id": self.run_id, "started_at": self.started_at}
+
+
+def _run_fields(outcome: CallbackRequest) -> dict[str, Any]:
+    return {k: getattr(outcome, k) for k in ("attempt", "run_id", "started_at")}
 
 
 def _failed(task: TaskMessage, child_id: str, error: str) -> CallbackRequest:

@@ -32,13 +32,18 @@ from shared.topology import Topology, declare_core
 log = logging.getLogger(__name__)
 
 
-def parse(message: AbstractIncomingMessage, topo: Topology) -> Entry:
-    """The entry a message on the tracker's queue stands for; ValidationError if it is poison."""
+def parse(message: AbstractIncomingMessage, topo: Topology) -> list[Entry]:
+    """The entries a message on the tracker's queue stands for; ValidationError if it is poison.
+
+    One, except a callback naming its run: the run's `processing` entry comes first.
+    """
     if message.exchange == topo.tasks_exchange:
-        return Entry.from_task(TaskMessage.model_validate_json(message.body))
+        return [Entry.from_task(TaskMessage.model_validate_json(message.body))]
     if message.exchange == topo.dead_exchange:
-        return Entry.from_event(parked_event(message))
-    return Entry.from_event(Event.model_validate_json(message.body))
+        return [Entry.from_event(parked_event(message))]
+    entry = Entry.from_event(Event.model_validate_json(message.body))
+    started = entry.run_started()
+    return [entry] if started is None else [started, entry]
 
 
 _DEATH_REASONS = {
@@ -217,7 +222,7 @@ class Tracker:
 
     async def _record(self, store: Store, batch: list[AbstractIncomingMessage]) -> None:
         metrics.TRACKER_BATCH.observe(len(batch))
-        entries: list[tuple[AbstractIncomingMessage, Entry]] = []
+        entries: list[tuple[AbstractIncomingMessage, list[Entry]]] = []
         for message in batch:
             try:
                 entries.append((message, parse(message, self.topo)))
@@ -230,13 +235,13 @@ class Tracker:
                 metrics.TRACKER_PARKED.inc()
                 await _settle(message, park=True)
         try:
-            await self._write(store, [e for _, e in entries])
+            await self._write(store, [e for _, parsed in entries for e in parsed])
         except BadBatch:
-            for message, entry in entries:
+            for message, parsed in entries:
                 try:
-                    await self._write(store, [entry])
+                    await self._write(store, parsed)
                 except BadBatch as exc:
-                    log.error("parking event %s the database refused: %s", entry.event_id, exc)
+                    log.error("parking event %s the database refused: %s", parsed[-1].event_id, exc)
                     metrics.TRACKER_PARKED.inc()
                     await _settle(message, park=True)
                 else:

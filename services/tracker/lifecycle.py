@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from shared.ids import processing_event_id
 from shared.schemas import FINAL_STATES, Event, TaskMessage
 
 
@@ -59,9 +60,40 @@ class Entry:
             data=event.model_dump(
                 mode="json",
                 exclude_none=True,
-                exclude={"event_id", "event", "ts", "task_id", "from_", "to", "conversation_id"},
+                exclude={
+                    "event_id",
+                    "event",
+                    "ts",
+                    "task_id",
+                    "from_",
+                    "to",
+                    "conversation_id",
+                    "run_id",
+                },
             ),
             source=event,
+        )
+
+    def run_started(self) -> Entry | None:
+        """The `processing` entry of the run a callback reports, if the callback names it.
+
+        A child publishes `processing` only for a slow run; its id is the one derived here, so
+        the log keeps one entry whichever arrives first.
+        """
+        source = self.source
+        if not isinstance(source, Event) or source.event != "callback" or self.task_id is None:
+            return None
+        if source.run_id is None or source.started_at is None:
+            return None
+        return Entry.from_event(
+            Event(
+                event_id=processing_event_id(self.task_id, source.run_id),
+                event="processing",
+                ts=source.started_at,
+                task_id=self.task_id,
+                child_id=source.child_id,
+                attempt=source.attempt or 1,
+            )
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -98,6 +99,31 @@ def test_task_goes_round_trip_and_is_recorded(bus: Bus) -> None:
         "callback",
     ]
     assert logs(bus, conversation_id="conv-1", event="callback")[0]["result"]["score"] == 0.85
+
+
+def test_processing_is_logged_once_for_fast_and_slow_runs(bus: Bus) -> None:
+    """A fast run's `processing` entry comes from its callback; a slow run's child publishes it
+    while the handler runs, and the callback's copy of it is not logged again."""
+    bus.start_all(RELAY_PROCESSING_AFTER="0.2")
+    fast = send_task(bus, "echo", conversation_id="conv-fast")
+    slow = send_task(bus, "nap", payload={"seconds": 3}, conversation_id="conv-slow")
+    wait_for(lambda: status(bus, slow) == "processing" or None, what="the slow run to show")
+    assert [e["event"] for e in logs(bus, task_id=slow)] == ["send", "processing"]
+    for task_id in (fast, slow):
+        wait_for(lambda: finished(bus, task_id), what="the task to complete")  # noqa: B023
+        events = logs_at_least(bus, 3, task_id=task_id)
+        assert [e["event"] for e in events] == ["send", "processing", "callback"], events
+        started, done = events[1], events[2]
+        assert started["attempt"] == done["attempt"] == 1
+        assert started["child_id"] == done["child_id"]
+        started_at = datetime.fromisoformat(started["ts"])
+        assert started_at == datetime.fromisoformat(done["started_at"])
+        assert started_at <= datetime.fromisoformat(done["ts"])
+        assert record(bus, task_id)["attempts"] == 1
+    # The fast run's entry was derived from the callback, which carries no conversation; the
+    # slow run's is the child's own event, which does.
+    assert "conversation_id" not in logs(bus, task_id=fast)[1]
+    assert logs(bus, task_id=slow)[1]["conversation_id"] == "conv-slow"
 
 
 def test_handler_error_reports_failed_with_the_error(bus: Bus) -> None:

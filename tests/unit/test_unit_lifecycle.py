@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from services.tracker.lifecycle import Entry, TaskRow, apply
+from shared.ids import processing_event_id
 from shared.schemas import Event, TaskMessage
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -334,3 +335,49 @@ def test_replay_does_not_touch_a_completed_task() -> None:
     done = final_row([send(), processing(1), callback(2)])
     after = apply(done, _event("replay", 3))
     assert after is not None and after.state == "completed"
+
+
+def test_a_callback_naming_its_run_yields_the_runs_processing_entry() -> None:
+    done = callback(5, attempt=2, run_id="r_abc", started_at=at(4))
+    started = done.run_started()
+    assert started is not None
+    assert started.event == "processing" and started.ts == at(4)
+    assert started.event_id == processing_event_id(TASK_ID, "r_abc")
+    assert started.data == {"child_id": "w1", "attempt": 2}
+    assert "run_id" not in done.data and done.data["started_at"] == at(4).isoformat().replace(
+        "+00:00", "Z"
+    )
+    row = run([send(0), started, done])
+    assert row is not None and row.state == "completed" and row.attempts == 2
+
+
+def test_the_runs_processing_entry_is_the_one_a_slow_child_publishes() -> None:
+    published = Entry.from_event(
+        Event(
+            event_id=processing_event_id(TASK_ID, "r_abc"),
+            event="processing",
+            ts=at(4),
+            task_id=TASK_ID,
+            child_id="w1",
+            attempt=1,
+        )
+    )
+    derived = callback(5, attempt=1, run_id="r_abc", started_at=at(4)).run_started()
+    assert derived is not None and derived.event_id == published.event_id
+    # Another run of the task, or another task, never shares the id.
+    assert processing_event_id(TASK_ID, "r_abd") != published.event_id
+    assert processing_event_id("t_other", "r_abc") != published.event_id
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"run_id": "r_abc"}, {"started_at": at(4)}],
+    ids=["no run", "no start", "no run id"],
+)
+def test_no_processing_entry_without_the_whole_run(fields: dict[str, Any]) -> None:
+    assert callback(5, **fields).run_started() is None
+
+
+def test_only_callbacks_yield_a_processing_entry() -> None:
+    assert event("retry", 5, attempt=1, run_id="r_abc", started_at=at(4)).run_started() is None
+    assert send(0).run_started() is None
