@@ -55,21 +55,16 @@ def authenticate(services: Services, request: Request, key: str | None) -> Princ
 KeyHeader = Annotated[str | None, Header(alias="X-Relay-API-Key", include_in_schema=False)]
 
 
-async def _principal(services: ServicesDep, request: Request, key: KeyHeader = None) -> Principal:
-    return authenticate(services, request, key)
-
-
-PrincipalDep = Annotated[Principal, Depends(_principal)]
-
-
 def require(principal: Principal, *scopes: str) -> None:
     """403 unless the key has one of `scopes`."""
     if not principal.scopes.intersection(scopes):
         raise ApiError(403, f"Forbidden: this key lacks the {' or '.join(scopes)} scope")
 
 
-def _scope(*scopes: str) -> Callable[[Principal], Awaitable[Principal]]:
-    async def check(principal: PrincipalDep) -> Principal:
+def _scope(*scopes: str) -> Callable[..., Awaitable[Principal]]:
+    # One flat dependency, not a chain: FastAPI solves each level on every request.
+    async def check(request: Request, key: KeyHeader = None) -> Principal:
+        principal = authenticate(request.app.state.services, request, key)
         require(principal, *scopes)
         return principal
 

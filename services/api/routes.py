@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.auth import Principal
@@ -47,6 +47,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _SEND_FIELDS = {"from_", "to", "type", "cmd", "payload", "text", "conversation_id"}
 MAX_LOG_LIMIT = 1000
+JSON = "application/json"
 FilterText = Annotated[str | None, Field(max_length=128)]
 
 
@@ -73,7 +74,7 @@ async def send(
     services: ServicesDep,
     principal: SendKey,
     idempotency_key: IdempotencyKey = None,
-) -> SendResponse:
+) -> Response:
     """Send a task to a child pool, or a message; 200 once RabbitMQ confirmed it."""
     if body.from_ != principal.name and not principal.send_as_any:
         raise ApiError(403, f"Forbidden: this key sends as {principal.name!r} only")
@@ -90,17 +91,25 @@ async def send(
         event_id = _digest(f"message/{idempotency_key}", "m_") if idempotency_key else None
         event = Event(event_id=event_id or new_event_id(), event="message", ts=now, **fields)
         await services.broker.publish_event(event)
-        return SendResponse(task_id=None)
+        return _answer(SendResponse(task_id=None))
     if body.task_id is not None:
         if body.task_id.startswith(TASK_PREFIX):
             raise ApiError(422, f"a client-chosen task_id must not start with {TASK_PREFIX!r}")
-        return await _send_once(f"task/{body.task_id}", body.task_id, body, fields, services)
+        return _answer(
+            await _send_once(f"task/{body.task_id}", body.task_id, body, fields, services)
+        )
     if idempotency_key is not None:
         task_id = services.ids.new(body.to)
-        return await _send_once(f"idem/{idempotency_key}", task_id, body, fields, services)
+        return _answer(await _send_once(f"idem/{idempotency_key}", task_id, body, fields, services))
     task = TaskMessage(task_id=services.ids.new(body.to), created_at=now, **fields)
     await services.broker.publish_task(task)
-    return SendResponse(task_id=task.task_id)
+    return _answer(SendResponse(task_id=task.task_id))
+
+
+def _answer(model: BaseModel, *, exclude_none: bool = False) -> Response:
+    """The answer as JSON: FastAPI would validate a returned model again (its response_model
+    still documents it)."""
+    return Response(model.model_dump_json(exclude_none=exclude_none), media_type=JSON)
 
 
 def _digest(text: str, prefix: str = "") -> str:
@@ -161,7 +170,7 @@ async def callback(
     services: ServicesDep,
     principal: CallbackKey,
     first: FirstCallback = None,
-) -> CallbackResponse:
+) -> Response:
     """A child reports a task's outcome; 200 once the completion is durably on the bus.
 
     A completion the tracker already recorded is a duplicate. One still in flight is published
@@ -175,7 +184,7 @@ async def callback(
     event_id = callback_event_id(body.task_id)
     try:
         if first != "1" and await services.reader.has_event(event_id):
-            return CallbackResponse(duplicate=True)
+            return _answer(CallbackResponse(duplicate=True), exclude_none=True)
     except DatabaseUnavailable:
         pass  # the database is down: publish anyway, the tracker keeps one completion
 
@@ -193,7 +202,7 @@ async def callback(
         started_at=body.started_at,
     )
     await services.broker.publish_event(event)
-    return CallbackResponse()
+    return _answer(CallbackResponse(), exclude_none=True)
 
 
 async def _check_pool(principal: Principal, task_id: str, services: Services) -> None:
