@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -110,18 +111,18 @@ class Store:
             new = apply(after.get(entry.task_id), entry)
             if new is not None:
                 after[entry.task_id] = new
-        inserts = [dataclasses.asdict(r) for tid, r in after.items() if tid not in before]
-        updates = [
-            {f"b_{k}": v for k, v in dataclasses.asdict(r).items()}
-            for tid, r in after.items()
-            if tid in before and r != before[tid]
-        ]
-        if inserts:
-            await conn.execute(self._insert(_TASKS), inserts)
-        if updates:
-            stmt = (
-                update(_TASKS)
-                .where(_TASKS.c.task_id == bindparam("b_task_id"))
-                .values({c: bindparam(f"b_{c}") for c in _TASK_COLUMNS if c != "task_id"})
+        # One upsert for new and changed rows alike (an executemany of updates costs a round
+        # trip per row); the rows were read in this transaction and the tracker is the one writer.
+        changed = [_columns(r) for tid, r in after.items() if before.get(tid) != r]
+        if changed:
+            stmt = self._insert(_TASKS)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["task_id"],
+                set_={c: stmt.excluded[c] for c in _TASK_COLUMNS if c != "task_id"},
             )
-            await conn.execute(stmt, updates)
+            await conn.execute(stmt, changed)
+
+
+def _columns(row: TaskRow) -> dict[str, Any]:
+    # Not dataclasses.asdict: that deep-copies every payload and result.
+    return {c: getattr(row, c) for c in _TASK_COLUMNS}
