@@ -120,3 +120,27 @@ async def test_messages_and_acks_are_logged_without_a_task_row(engine: AsyncEngi
     assert await store.write([message, event("ack", "t9", 1, ack_by="master")]) == 2
     assert await rows(engine) == {}
     assert await log_count(engine) == 2
+
+
+async def test_a_batch_keeps_its_order_and_its_values_as_they_were(engine: AsyncEngine) -> None:
+    """Log ids follow the batch's order; JSON, text and times come back as they went in."""
+    store = Store(engine)
+    odd: dict[str, Any] = {"big": 2**70, "nested": [{"ü": "命盘"}, None, 1.5], "empty": {}}
+    first = [send("t1", payload=odd, text="line\nbreak 'quoted' \\ back"), send("t2", payload=None)]
+    assert await store.write(first) == 2
+    later = [
+        event("processing", "t1", 1, attempt=1, child_id="c1"),
+        event("callback", "t1", 2, status="done", result=[1, "two"], child_id="c1"),
+        event("callback", "t2", 3, status="failed", error="boom", child_id="c1"),
+    ]
+    assert await store.write(later) == 3
+    async with engine.connect() as conn:
+        log = (await conn.execute(select(LOG.c.event_id, LOG.c.data).order_by(LOG.c.id))).all()
+    assert [r.event_id for r in log] == ["t1", "t2", *(e.event_id for e in later)]
+    assert log[0].data["payload"] == odd
+    found = await rows(engine)
+    assert found["t1"]["payload"] == odd and found["t1"]["text"] == "line\nbreak 'quoted' \\ back"
+    assert found["t1"]["result"] == [1, "two"] and found["t1"]["state"] == "completed"
+    assert found["t1"]["completed_at"] == T0 + timedelta(seconds=2)
+    assert found["t2"]["payload"] is None and found["t2"]["result"] is None
+    assert found["t2"]["state"] == "failed" and found["t2"]["error"] == "boom"
