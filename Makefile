@@ -20,7 +20,7 @@ run: venv
 	RELAY_DEV_MODE=$${RELAY_DEV_MODE:-true} $(BIN)/convbus up
 
 # The benchmark's standard cases on a bus of its own (local RabbitMQ and PostgreSQL, cleaned up
-# after). Options: BENCH_ARGS="--children 2 --sqlite --tasks N --rate R".
+# after). Options: BENCH_ARGS="--children 2 --sqlite --tasks N --rate R" (or --catchup/--memory N).
 bench: venv
 	$(BIN)/python scripts/bench_local.py $(BENCH_ARGS)
 

@@ -1,6 +1,7 @@
 """`make bench`: the benchmark's standard cases on a bus of its own, on this machine.
 
     .venv/bin/python scripts/bench_local.py [--children N] [--sqlite] [--tasks N] [--rate R]
+    .venv/bin/python scripts/bench_local.py [--sqlite] [--catchup [N]] [--memory [N]]
 
 Starts a bus on the local RabbitMQ and PostgreSQL in a fresh namespace and a fresh database
 (created, migrated with `convbus migrate`, dropped at the end; `--sqlite`: a SQLite file
@@ -9,6 +10,17 @@ port. Once all are ready it warms the bus up with a few tasks, runs the standard
 issue #6 with `convbus bench` (N=5000 at C=64, at C=16, and at a fixed rate at C=16 for the
 latency below saturation), prints each result and a summary, then stops everything and deletes
 the namespace's queues and exchanges and the database, also on Ctrl-C or a failure.
+
+`--catchup [N]` and `--memory [N]` run backlog cases instead of the standard ones, each on a
+bus of its own (scripts/bench_backlog.py), and print a table and one JSON line each:
+  --catchup N (200000)  N events (half task sends, half their callbacks, published as the API
+                        does) fill the tracker's queue before the tracker starts; the time until
+                        the queue is empty and every task completed in the database, events/s
+                        with and without the tracker's startup, its RSS through the catch-up
+                        (at 10, 50, 90, 100 % of it; min, max) and its CPU.
+  --memory N (100000)   the tracker and the API with no child; 64 clients send N tasks over
+                        HTTP; then one child drains them. RSS of each process at 0, 25, 50, 75,
+                        100 % of each phase, and the drain's tasks/s.
 Other RELAY_* settings in the environment reach the bus (to try a tuning), except those set
 here: the namespace, the broker, the database, the key, the ports, the log level.
 """
@@ -16,6 +28,7 @@ here: the namespace, the broker, the database, the key, the ports, the log level
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -34,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bench_backlog  # scripts/, beside this file
 import pika
 import psycopg
 
@@ -254,42 +268,17 @@ def _cleanup(what: str, step: Callable[[], None]) -> None:
         print(f"bench: could not {what}: {exc!r}", file=sys.stderr)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--children", type=int, default=1, help="children for the pool (default 1)")
-    p.add_argument("--sqlite", action="store_true", help="the tracker on SQLite, not PostgreSQL")
-    p.add_argument("--tasks", type=int, default=5000, help="tasks per case (default 5000)")
-    p.add_argument("--rate", type=float, default=300, help="the fixed-rate case's sends/s (300)")
-    p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
-    p.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    args = p.parse_args()
-    cases = [
-        ("warm-up", ["-n", "200", "-c", "16"]),
-        (f"N={args.tasks} C=64", ["-n", str(args.tasks), "-c", "64"]),
-        (f"N={args.tasks} C=16", ["-n", str(args.tasks), "-c", "16"]),
-        (
-            f"N={args.tasks} C=16 rate={args.rate:g}/s",
-            ["-n", str(args.tasks), "-c", "16", "--rate", f"{args.rate:g}"],
-        ),
-    ]
-    # SIGTERM ends the script as Ctrl-C does: through the cleanup.
-    signal.signal(signal.SIGTERM, _interrupted)
-    load_before = os.getloadavg()
-    results: list[tuple[str, dict[str, Any]]] = []
+def on_own_bus(args: argparse.Namespace, what: str, work: Callable[[LocalBus], None]) -> bool:
+    """Run `work` on a fresh namespace and database, cleaned up after; whether it succeeded."""
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with tempfile.TemporaryDirectory(prefix="convbus-bench-") as workdir:
         bus = LocalBus(args.amqp_url, None if args.sqlite else args.pg_admin_url, Path(workdir))
-        database = "SQLite" if args.sqlite else "PostgreSQL"
-        print(f"bench: namespace {bus.namespace}, {database}, {args.children} child(ren)")
+        print(f"bench: namespace {bus.namespace}, {database_name(args)}, {what}")
         failed = True
         try:
             bus.create_database()
             bus.migrate()
-            api = bus.start_bus(args.children)
-            for title, case in cases:
-                figures = run_case(bus, api, title, case)
-                bus.check_alive()
-                if figures is not None and title != "warm-up":
-                    results.append((title, figures))
+            work(bus)
             failed = False
         except (KeyboardInterrupt, RuntimeError, subprocess.CalledProcessError) as exc:
             print(f"\nbench: stopped: {exc!r}", file=sys.stderr)
@@ -303,12 +292,106 @@ def main() -> None:
                     print(f"----- {proc.name} (exit {proc.popen.returncode})\n{proc.tail()}")
             _cleanup("delete the namespace", bus.delete_namespace)
             _cleanup("drop the database", bus.drop_database)
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
+    return not failed
+
+
+def database_name(args: argparse.Namespace) -> str:
+    return "SQLite" if args.sqlite else "PostgreSQL"
+
+
+def standard_cases(args: argparse.Namespace) -> bool:
+    """The cases of issue #6 with `convbus bench`; their summary; whether all ran."""
+    cases = [
+        ("warm-up", ["-n", "200", "-c", "16"]),
+        (f"N={args.tasks} C=64", ["-n", str(args.tasks), "-c", "64"]),
+        (f"N={args.tasks} C=16", ["-n", str(args.tasks), "-c", "16"]),
+        (
+            f"N={args.tasks} C=16 rate={args.rate:g}/s",
+            ["-n", str(args.tasks), "-c", "16", "--rate", f"{args.rate:g}"],
+        ),
+    ]
+    load_before = os.getloadavg()
+    results: list[tuple[str, dict[str, Any]]] = []
+
+    def work(bus: LocalBus) -> None:
+        api = bus.start_bus(args.children)
+        for title, case in cases:
+            figures = run_case(bus, api, title, case)
+            bus.check_alive()
+            if figures is not None and title != "warm-up":
+                results.append((title, figures))
+
+    ok = on_own_bus(args, f"{args.children} child(ren)", work)
     load_after = os.getloadavg()
     if results:
-        print(f"\n{database}, {args.children} child(ren), {os.cpu_count()} CPUs")
+        print(f"\n{database_name(args)}, {args.children} child(ren), {os.cpu_count()} CPUs")
         print(summary(results))
         print(f"load average before {load_before}, after {load_after}")
-    if failed:
+    return ok
+
+
+def backlog_case(args: argparse.Namespace, case: str, n: int) -> bool:
+    """One backlog case (bench_backlog) on a bus of its own: its table and its JSON line."""
+    database = database_name(args)
+
+    def work(bus: LocalBus) -> None:
+        load_before = os.getloadavg()[0]
+        if case == "catchup":
+            figures = asyncio.run(bench_backlog.catchup(bus, n))
+            table = bench_backlog.render_catchup(figures, database)
+        else:
+            figures = asyncio.run(bench_backlog.memory(bus, n))
+            table = bench_backlog.render_memory(figures, database)
+        figures["database"] = database
+        figures["machine"] = {
+            "cpus": os.cpu_count(),
+            "load_before": round(load_before, 2),
+            "load_after": round(os.getloadavg()[0], 2),
+        }
+        print(f"\n{table}\n{json.dumps(figures)}")
+
+    return on_own_bus(args, f"{case} N={n}", work)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--children", type=int, default=1, help="children for the pool (default 1)")
+    p.add_argument("--sqlite", action="store_true", help="the tracker on SQLite, not PostgreSQL")
+    p.add_argument("--tasks", type=int, default=5000, help="tasks per case (default 5000)")
+    p.add_argument("--rate", type=float, default=300, help="the fixed-rate case's sends/s (300)")
+    p.add_argument(
+        "--catchup",
+        type=int,
+        nargs="?",
+        const=200_000,
+        metavar="N",
+        help="instead: the tracker's catch-up of N queued events (default N 200000)",
+    )
+    p.add_argument(
+        "--memory",
+        type=int,
+        nargs="?",
+        const=100_000,
+        metavar="N",
+        help="instead: RSS while N tasks wait with no child, then drain (default N 100000)",
+    )
+    p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    p.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = p.parse_args()
+    for flag in ("catchup", "memory"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 2:
+            p.error(f"--{flag}: N must be at least 2")
+    # SIGTERM ends the script as Ctrl-C does: through the cleanup.
+    signal.signal(signal.SIGTERM, _interrupted)
+    if args.catchup is None and args.memory is None:
+        ok = standard_cases(args)
+    else:
+        ok = args.catchup is None or backlog_case(args, "catchup", args.catchup)
+        if args.memory is not None and ok:  # after a failure, stop there
+            ok = backlog_case(args, "memory", args.memory)
+    if not ok:
         raise SystemExit(1)
 
 
