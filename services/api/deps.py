@@ -52,7 +52,8 @@ def authenticate(services: Services, request: Request, key: str | None) -> Princ
     return principal
 
 
-KeyHeader = Annotated[str | None, Header(alias="X-Relay-API-Key", include_in_schema=False)]
+KEY_HEADER = "X-Relay-API-Key"
+KeyHeader = Annotated[str | None, Header(alias=KEY_HEADER, include_in_schema=False)]
 
 
 def require(principal: Principal, *scopes: str) -> None:

@@ -7,15 +7,14 @@ import json
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
+from services.api import inputs
 from services.api.auth import Principal
 from services.api.deps import (
     AckKey,
-    CallbackKey,
     KeyHeader,
-    SendKey,
     Services,
     ServicesDep,
     authenticate,
@@ -51,31 +50,29 @@ JSON = "application/json"
 FilterText = Annotated[str | None, Field(max_length=128)]
 
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
-        description="A retried send with the same key creates nothing new.",
-    ),
-]
-FirstCallback = Annotated[
-    str | None,
-    Header(
-        alias="X-Relay-First-Callback",
-        description="`1`: the child never sent a callback for this task before this one.",
-    ),
-]
+IDEMPOTENCY_KEY = "Idempotency-Key"
+_IDEMPOTENCY_KEY = TypeAdapter(
+    Annotated[str | None, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+)
+FIRST_CALLBACK = "X-Relay-First-Callback"
 
 
-@router.post("/send", response_model=SendResponse, responses=_ERRORS)
-async def send(
-    body: SendRequest,
-    services: ServicesDep,
-    principal: SendKey,
-    idempotency_key: IdempotencyKey = None,
-) -> Response:
+@router.post(
+    "/send",
+    response_model=SendResponse,
+    responses=_ERRORS,
+    openapi_extra=inputs.documented(
+        SendRequest,
+        {IDEMPOTENCY_KEY: "A retried send with the same key creates nothing new (1-128 of "
+         "`[A-Za-z0-9_.:-]`)."},
+    ),
+)  # fmt: skip
+async def send(request: Request) -> Response:
     """Send a task to a child pool, or a message; 200 once RabbitMQ confirmed it."""
+    principal = inputs.caller(request, "send")
+    idempotency_key = inputs.header(request, IDEMPOTENCY_KEY, _IDEMPOTENCY_KEY)
+    body = await inputs.body(request, SendRequest)
+    services = inputs.services_of(request)
     if body.from_ != principal.name and not principal.send_as_any:
         raise ApiError(403, f"Forbidden: this key sends as {principal.name!r} only")
     if body.type == "task" and not principal.may_serve(body.to):
@@ -164,19 +161,22 @@ async def _known(task_id: str, services: Services, *, reserved: bool = False) ->
     response_model=CallbackResponse,
     response_model_exclude_none=True,
     responses=_ERRORS,
+    openapi_extra=inputs.documented(
+        CallbackRequest,
+        {FIRST_CALLBACK: "`1`: the child never sent a callback for this task before this one."},
+    ),
 )
-async def callback(
-    body: CallbackRequest,
-    services: ServicesDep,
-    principal: CallbackKey,
-    first: FirstCallback = None,
-) -> Response:
+async def callback(request: Request) -> Response:
     """A child reports a task's outcome; 200 once the completion is durably on the bus.
 
     A completion the tracker already recorded is a duplicate. One still in flight is published
     again under the same event id, which the tracker records once. A child that says this is
     the task's first callback saves the lookup (were it wrong, only `duplicate` goes unsaid).
     """
+    principal = inputs.caller(request, "callback")
+    body = await inputs.body(request, CallbackRequest)
+    services = inputs.services_of(request)
+    first = request.headers.get(FIRST_CALLBACK)
     if services.ids.issued_at(body.task_id) is None:
         # 404 unless it is a client-chosen id being sent or sent
         await _known(body.task_id, services, reserved=True)

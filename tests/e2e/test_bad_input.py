@@ -51,6 +51,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, str], bytes, int]] = [
     ),
     ("/api/relay/send", {"Content-Type": "application/json"}, b'{"from":"m","to":"c"}', 401),
     ("/api/relay/send", {**JSON, "X-Relay-API-Key": "wrong"}, b'{"from":"m","to":"c"}', 401),
+    ("/api/relay/send", {**JSON, "Idempotency-Key": "a b"}, b'{"from":"m","to":"c"}', 400),
     ("/api/relay/callback", JSON, b"{}", 400),
     ("/api/relay/callback", JSON, b'{"task_id": 7}', 422),
     ("/api/relay/callback", JSON, b'{"task_id": "t_x", "status": "great"}', 422),
