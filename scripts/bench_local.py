@@ -249,6 +249,11 @@ def summary(results: list[tuple[str, dict[str, Any]]]) -> str:
             + " | ".join(_ms(lat[k]) for k in ("p50", "p95", "p99", "max"))
             + f" | {f['errors']} | {mbs} | {per_task} |"
         )
+    speeds = sorted(f["machine"].get("cpu_speed_ms") or 0 for _, f in results)
+    if speeds:
+        rows.append(
+            f"CPU speed (a fixed Python loop, lower is faster): {speeds[0]}-{speeds[-1]} ms"
+        )
     return "\n".join(rows)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from services.bench_usage import own_cpu, own_peak_rss, sample
+from services.bench_usage import cpu_speed_ms, own_cpu, own_peak_rss, sample
 from shared.errors import BusError
 
 SEND_PATH = "/api/relay/send"
@@ -283,6 +283,7 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Send the tasks, wait for their completions, and return every figure."""
     headers = {KEY_HEADER: cfg.key, "Content-Type": "application/json"}
     load_before = os.getloadavg()[0]
+    speed = cpu_speed_ms()
     async with _session(headers, timeout=10) as session:
         callbacks = _Feed("callback", await _last_id(session, cfg.api, "callback"))
         dead = _Feed("dead", await _last_id(session, cfg.api, "dead"))
@@ -307,7 +308,7 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     rss["bench"] = _mb(own_peak_rss())
     cpu = {name: _round(u.cpu_seconds(), 2) for name, u in usage.items()}
     cpu["bench"] = round(own_cpu() - cpu_before, 2)
-    return _figures(run, rss, cpu, load_before)
+    return _figures(run, rss, cpu, load_before, speed)
 
 
 def _mb(value: int | None) -> float | None:
@@ -328,7 +329,11 @@ def _percentiles(ordered: list[float], *ps: int) -> dict[str, float | None]:
 
 
 def _figures(
-    run: _Run, rss: dict[str, float | None], cpu: dict[str, float | None], load_before: float
+    run: _Run,
+    rss: dict[str, float | None],
+    cpu: dict[str, float | None],
+    load_before: float,
+    speed: float,
 ) -> dict[str, Any]:
     cfg = run.cfg
     done = {t: seen for t, seen in run.seen.items() if t not in run.failed}
@@ -371,6 +376,7 @@ def _figures(
             "platform": platform.platform(),
             "load_before": round(load_before, 2),
             "load_after": round(os.getloadavg()[0], 2),
+            "cpu_speed_ms": speed,
         },
     }
 
@@ -411,7 +417,8 @@ def render(f: dict[str, Any]) -> str:
         f"  CPU used         {cpu}",
         f"  log reads        {f['polls']} by the bench's poller ({f['poll_errors']} failed)",
         f"  machine          {m['cpus']} CPUs · Python {m['python']} · load (1 min) "
-        f"{m['load_before']} → {m['load_after']}",
+        f"{m['load_before']} → {m['load_after']} · speed {m['cpu_speed_ms']} ms (a fixed "
+        "Python loop: lower is faster)",
     ]
     if (f["schedule_lag_max_ms"] or 0) >= 10:
         rows.append(f"  behind schedule  up to {f['schedule_lag_max_ms']} ms (rate not held)")

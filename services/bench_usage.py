@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import resource
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -89,3 +91,19 @@ def own_cpu() -> float:
     """CPU seconds this process used so far, user and system."""
     used = resource.getrusage(resource.RUSAGE_SELF)
     return used.ru_utime + used.ru_stime
+
+
+def cpu_speed_ms(rounds: int = 3) -> float:
+    """Milliseconds this machine takes for a fixed pure-Python loop (the best of `rounds`).
+
+    Shared virtual machines vary by twofold from day to day; figures from two runs compare
+    only when this does too.
+    """
+    best = math.inf
+    for _ in range(rounds):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
