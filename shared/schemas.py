@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -20,6 +21,25 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 Cmd = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Text = Annotated[str, StringConstraints(max_length=100_000)]
+#: Attempts of one task; far above any retry policy, below every database's integer.
+Attempt = Annotated[int, Field(ge=1, le=1_000_000)]
+#: A moment on the bus, stored in UTC (years every database reads back).
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _in_utc(value: datetime) -> datetime:
+    if not _EARLIEST <= value < _LATEST:
+        raise ValueError("a timestamp between the years 1970 and 9000")
+    return value.astimezone(UTC)
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+def _not_ahead(value: datetime) -> datetime:
+    # A child's clock ahead of ours would otherwise date the task's last change in the future.
+    return min(value, datetime.now(UTC))
+
+
 TaskState = Literal["pending", "processing", "retrying", "completed", "failed"]
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed"})
 EventName = Literal["message", "processing", "callback", "ack", "retry", "dead", "replay"]
@@ -82,7 +102,7 @@ class TaskMessage(SendFields):
 
     type: Literal["task", "message"] = "task"
     task_id: Ident
-    created_at: AwareDatetime
+    created_at: Timestamp
 
 
 class Event(BaseModel):
@@ -92,7 +112,7 @@ class Event(BaseModel):
 
     event_id: Ident
     event: EventName
-    ts: AwareDatetime
+    ts: Timestamp
     task_id: Ident | None = None
     conversation_id: Ident | None = None
     from_: Name | None = Field(default=None, alias="from")
@@ -104,19 +124,19 @@ class Event(BaseModel):
     text: Text | None = None
     # processing, callback, retry, dead
     child_id: Name | None = None
-    attempt: int | None = Field(default=None, ge=1)
+    attempt: Attempt | None = None
     status: Literal["done", "failed"] | None = None
     result: Any = None
     error: Text | None = None
     # retry: when the next attempt runs
-    next_at: AwareDatetime | None = None
+    next_at: Timestamp | None = None
     # dead, replay: the parking lot involved
     queue: str | None = None
     # ack
     ack_by: Name | None = None
     # callback: the run that produced it, for the `processing` entry the tracker derives
     run_id: Ident | None = None
-    started_at: AwareDatetime | None = None
+    started_at: Timestamp | None = None
 
 
 class CallbackRequest(_NoNul):
@@ -131,9 +151,9 @@ class CallbackRequest(_NoNul):
     error: Text | None = None
     #: The run that produced the outcome: with `run_id` and `started_at` the tracker records
     #: the run's `processing` entry, which a fast child does not publish itself.
-    attempt: int | None = Field(default=None, ge=1)
+    attempt: Attempt | None = None
     run_id: Ident | None = None
-    started_at: AwareDatetime | None = None
+    started_at: Annotated[Timestamp, AfterValidator(_not_ahead)] | None = None
 
 
 class AckRequest(BaseModel):

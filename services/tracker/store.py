@@ -72,6 +72,8 @@ class Store:
                     f"database unreachable: {exc.__class__.__name__}"
                 ) from exc
             raise BadBatch(str(exc)) from exc
+        except (ValueError, OverflowError) as exc:  # a value the driver cannot bind
+            raise BadBatch(f"{exc.__class__.__name__}: {exc}") from exc
         except OSError as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc!r}") from exc
         return len(fresh)
@@ -120,7 +122,8 @@ class Store:
             if new is not None:
                 after[entry.task_id] = new
         # One upsert for new and changed rows alike (an executemany of updates costs a round
-        # trip per row); the rows were read in this transaction and the tracker is the one writer.
+        # trip per row). It overwrites what it read in this transaction: right while the tracker
+        # is the one writer (its queue has a single active consumer).
         changed = [_columns(r) for tid, r in after.items() if before.get(tid) != r]
         if not changed:
             return

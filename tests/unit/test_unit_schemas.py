@@ -1,0 +1,55 @@
+"""shared/schemas.py: what the bus refuses, bounds and normalises in the bodies it accepts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shared.schemas import CallbackRequest, Event
+
+NOW = datetime.now(UTC)
+
+
+def callback(**fields: Any) -> CallbackRequest:
+    return CallbackRequest.model_validate({"task_id": "t_1", **fields})
+
+
+@pytest.mark.parametrize("attempt", [0, -1, 1_000_001, 2**31, 2**63])
+def test_an_attempt_beyond_any_database_integer_is_refused(attempt: int) -> None:
+    with pytest.raises(ValidationError):
+        callback(attempt=attempt)
+    with pytest.raises(ValidationError):
+        Event.model_validate({"event_id": "e_1", "event": "retry", "ts": NOW, "attempt": attempt})
+
+
+@pytest.mark.parametrize(
+    "when", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", "1969-12-31T23:59:59Z"]
+)
+def test_timestamps_a_database_cannot_read_back_are_refused(when: str) -> None:
+    with pytest.raises(ValidationError):
+        callback(started_at=when)
+    with pytest.raises(ValidationError):
+        Event.model_validate({"event_id": "e_1", "event": "ack", "ts": when})
+
+
+def test_timestamps_are_kept_in_utc() -> None:
+    started = callback(started_at="2026-11-28T17:30:00+05:30").started_at
+    assert started == datetime(2026, 11, 28, 12, 0, tzinfo=UTC) and started.tzinfo is UTC
+    ts = Event.model_validate(
+        {
+            "event_id": "e_1",
+            "event": "ack",
+            "ts": datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=-3))),
+        }
+    ).ts
+    assert ts == datetime(2026, 1, 1, 3, tzinfo=UTC) and ts.tzinfo is UTC
+
+
+def test_a_run_started_ahead_of_the_apis_clock_is_dated_now() -> None:
+    ahead = callback(started_at=NOW + timedelta(hours=3)).started_at
+    assert ahead is not None and NOW <= ahead <= datetime.now(UTC)
+    earlier = NOW - timedelta(days=2)
+    assert callback(started_at=earlier).started_at == earlier
