@@ -220,9 +220,9 @@ class Worker:
             except _Retry as retry:
                 await self._end_announcement(announcer, task, run, publish=True)
                 return await self._retry_or_park(message, task, attempt, policy, retry)
-            except BaseException:
-                announcer.cancel()  # stopped mid-run: the redelivery's run is announced
-                raise
+            finally:
+                if not run.announced:  # a publish under way is left to finish
+                    announcer.cancel()
             await self._end_announcement(announcer, task, run, publish=False)
             outcome = outcome.model_copy(update=run.fields())
             self.finished.put(outcome)
@@ -278,8 +278,9 @@ class Worker:
             await self.callback.send(outcome, first=first)
         except CallbackRefused as exc:
             log.error("the API refused the result of %s (%s); reporting failure", task.task_id, exc)
-            failed = _failed(task, self.child_id, f"result refused: {exc}")
-            await self.callback.send(failed.model_copy(update=_run_fields(outcome)))
+            # Without the run: an API older than the child refuses those fields (upgrade the
+            # API first), and this report must get through.
+            await self.callback.send(_failed(task, self.child_id, f"result refused: {exc}"))
             return "failed"
         return outcome.status
 
@@ -368,6 +369,8 @@ class Worker:
 
         A faster run's callback carries the run instead, and the tracker writes the same entry.
         """
+        # Even with no wait, the announcement goes through the loop once, so a handler that
+        # never yields finishes first: _end_announcement then publishes it (processing_after 0).
         if self.settings.processing_after > 0:
             await asyncio.sleep(self.settings.processing_after)
         run.announced = True
@@ -380,7 +383,9 @@ class Worker:
         if not run.announced:
             announcer.cancel()
         await asyncio.wait({announcer})  # a publish under way finishes: events keep their order
-        if publish and not run.announced:
+        if not announcer.cancelled() and (exc := announcer.exception()) is not None:
+            log.warning("could not publish processing for %s: %r", task.task_id, exc)
+        if (publish or self.settings.processing_after == 0) and not run.announced:
             run.announced = True
             await self._publish_processing(task, run.attempt, run.run_id, run.started_at)
 
@@ -455,10 +460,6 @@ class _Run:
 
     def fields(self) -> dict[str, Any]:
         return {"attempt": self.attempt, "run_id": self.run_id, "started_at": self.started_at}
-
-
-def _run_fields(outcome: CallbackRequest) -> dict[str, Any]:
-    return {k: getattr(outcome, k) for k in ("attempt", "run_id", "started_at")}
 
 
 def _failed(task: TaskMessage, child_id: str, error: str) -> CallbackRequest:
