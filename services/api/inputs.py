@@ -8,6 +8,7 @@ handler in errors.py words it. Their OpenAPI description is given by `documented
 
 from __future__ import annotations
 
+import codecs
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -42,7 +43,7 @@ def header(request: Request, name: str, adapter: TypeAdapter[str | None]) -> str
 
 async def body(request: Request, model: type[M]) -> M:
     """The JSON body as `model`."""
-    raw = await request.body()
+    raw = (await request.body()).removeprefix(codecs.BOM_UTF8)  # json.loads, FastAPI's, skips it
     if not raw:
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
         raise RequestValidationError([missing])
@@ -56,8 +57,10 @@ def _located(exc: ValidationError, *where: str) -> list[dict[str, Any]]:
     return [{**e, "loc": (*where, *e["loc"])} for e in exc.errors(include_url=False)]
 
 
-def documented(model: type[BaseModel], headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """The OpenAPI of a hand-read body (and optional headers: name → description)."""
+def documented(
+    model: type[BaseModel], headers: dict[str, tuple[str, str | None]] | None = None
+) -> dict[str, Any]:
+    """The OpenAPI of a hand-read body, and of optional headers: name → (description, pattern)."""
     doc: dict[str, Any] = {
         "requestBody": {
             "required": True,
@@ -66,8 +69,13 @@ def documented(model: type[BaseModel], headers: dict[str, str] | None = None) ->
     }
     if headers:
         doc["parameters"] = [
-            {"name": name, "in": "header", "required": False, "description": text}
-            | {"schema": {"type": "string"}}
-            for name, text in headers.items()
+            {
+                "name": name,
+                "in": "header",
+                "required": False,
+                "description": text,
+                "schema": {"type": "string"} | ({"pattern": pattern} if pattern else {}),
+            }
+            for name, (text, pattern) in headers.items()
         ]
     return doc

@@ -29,6 +29,7 @@ class SendKeyRow:
     body_hash: str
     confirmed: bool
     pool: str | None
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,14 @@ class Reader:
 
     async def send_key(self, key: str) -> SendKeyRow | None:
         """What a client's send key was first used for, if it ever was."""
-        query = select(_KEYS.c.task_id, _KEYS.c.body_hash, _KEYS.c.confirmed, _KEYS.c.pool).where(
-            _KEYS.c.key == key
-        )
+        query = select(
+            _KEYS.c.task_id, _KEYS.c.body_hash, _KEYS.c.confirmed, _KEYS.c.pool, _KEYS.c.created_at
+        ).where(_KEYS.c.key == key)
         async with self._conn() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
-        return SendKeyRow(row.task_id, row.body_hash, row.confirmed, row.pool)
+        return SendKeyRow(row.task_id, row.body_hash, row.confirmed, row.pool, row.created_at)
 
     async def reserve_send_key(
         self, key: str, task_id: str, body_hash: str, now: datetime, pool: str | None = None

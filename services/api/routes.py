@@ -51,9 +51,8 @@ FilterText = Annotated[str | None, Field(max_length=128)]
 
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
-_IDEMPOTENCY_KEY = TypeAdapter(
-    Annotated[str | None, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
-)
+_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+_IDEMPOTENCY_KEY = TypeAdapter(Annotated[str | None, StringConstraints(pattern=_KEY_PATTERN)])
 FIRST_CALLBACK = "X-Relay-First-Callback"
 
 
@@ -63,8 +62,8 @@ FIRST_CALLBACK = "X-Relay-First-Callback"
     responses=_ERRORS,
     openapi_extra=inputs.documented(
         SendRequest,
-        {IDEMPOTENCY_KEY: "A retried send with the same key creates nothing new (1-128 of "
-         "`[A-Za-z0-9_.:-]`)."},
+        {IDEMPOTENCY_KEY: ("A retried send with the same key creates nothing new.",
+                           _KEY_PATTERN)},
     ),
 )  # fmt: skip
 async def send(request: Request) -> Response:
@@ -140,8 +139,9 @@ async def _known(task_id: str, services: Services, *, reserved: bool = False) ->
     """The task's state; 'pending' if the bus issued it but the tracker has not seen it yet.
 
     `reserved`: a client-chosen id counts once its key is recorded, before RabbitMQ confirmed
-    it (a child may call back before the API marks the key confirmed). Raises 404 when the bus
-    never issued the id.
+    it (a child may call back before the API marks the key confirmed), for the grace period; a
+    send refused with 503 and never retried does not stay open to callbacks. Raises 404 when
+    the bus never issued the id.
     """
     state = await services.reader.task_state(task_id)
     if state is not None:
@@ -151,7 +151,7 @@ async def _known(task_id: str, services: Services, *, reserved: bool = False) ->
     if issued is not None and utcnow() - issued < grace:
         return "pending"
     key = await services.reader.send_key(f"task/{task_id}") if issued is None else None
-    if key is not None and (key.confirmed or reserved):
+    if key is not None and (key.confirmed or (reserved and utcnow() - key.created_at < grace)):
         return "pending"
     raise ApiError(404, "task not found")
 
@@ -163,7 +163,12 @@ async def _known(task_id: str, services: Services, *, reserved: bool = False) ->
     responses=_ERRORS,
     openapi_extra=inputs.documented(
         CallbackRequest,
-        {FIRST_CALLBACK: "`1`: the child never sent a callback for this task before this one."},
+        {
+            FIRST_CALLBACK: (
+                "`1`: the child never sent a callback for this task before this one.",
+                None,
+            )
+        },
     ),
 )
 async def callback(request: Request) -> Response:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.queries import Reader
 from shared.db import make_engine
@@ -124,6 +122,15 @@ def test_processing_is_logged_once_for_fast_and_slow_runs(bus: Bus) -> None:
     # slow run's is the child's own event, which does.
     assert "conversation_id" not in logs(bus, task_id=fast)[1]
     assert logs(bus, task_id=slow)[1]["conversation_id"] == "conv-slow"
+
+
+def test_processing_after_zero_publishes_every_runs_processing(bus: Bus) -> None:
+    bus.start_all(RELAY_PROCESSING_AFTER="0")
+    task_id = send_task(bus, "echo", conversation_id="conv-zero")
+    wait_for(lambda: finished(bus, task_id), what="the task to complete")
+    events = logs_at_least(bus, 3, task_id=task_id)
+    assert [e["event"] for e in events] == ["send", "processing", "callback"], events
+    assert events[1]["conversation_id"] == "conv-zero"  # the child's own event, not derived
 
 
 def test_handler_error_reports_failed_with_the_error(bus: Bus) -> None:
@@ -259,24 +266,33 @@ def test_client_chosen_task_id_is_idempotent(bus: Bus) -> None:
 def test_a_callback_may_overtake_the_confirm_of_a_client_chosen_id(bus: Bus) -> None:
     """A child can call back before the API marked the id's send confirmed: not a 404."""
     bus.start_api()
-    engine = make_engine(bus.database_url)
-    reserve = Reader(engine).reserve_send_key("task/job-early", "job-early", "h", utcnow(), "child")
-    assert asyncio.run(_then_dispose(reserve, engine))
+    reserve(bus, "job-early", utcnow())
     early = {"task_id": "job-early", "status": "done", "result": 1}
     answer = httpx.post(f"{bus.api}/api/relay/callback", json=early, headers=AUTH, timeout=10)
     assert answer.status_code == 200, answer.text
-    never = {"task_id": "job-never", "status": "done"}
-    answer = httpx.post(f"{bus.api}/api/relay/callback", json=never, headers=AUTH, timeout=10)
-    assert answer.status_code == 404, answer.text
+    # A reservation older than the grace period is a send that failed and was never retried.
+    reserve(bus, "job-stale", utcnow() - timedelta(days=8))
+    for task_id in ("job-stale", "job-never"):
+        body = {"task_id": task_id, "status": "done"}
+        answer = httpx.post(f"{bus.api}/api/relay/callback", json=body, headers=AUTH, timeout=10)
+        assert answer.status_code == 404, answer.text
     # Until the send is confirmed, a master reading the id learns nothing of it.
     assert httpx.get(f"{bus.api}/api/relay/task-status/job-early", timeout=5).status_code == 404
 
 
-async def _then_dispose(step: Awaitable[bool], engine: AsyncEngine) -> bool:
-    try:
-        return await step
-    finally:
-        await engine.dispose()
+def reserve(bus: Bus, task_id: str, when: datetime) -> None:
+    """Record a client-chosen id's send key, unconfirmed, as the API does before publishing."""
+
+    async def run() -> bool:
+        engine = make_engine(bus.database_url)
+        try:
+            return await Reader(engine).reserve_send_key(
+                f"task/{task_id}", task_id, "h", when, "child"
+            )
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(run())
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
