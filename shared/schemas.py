@@ -35,6 +35,8 @@ def _in_utc(value: datetime) -> datetime:
 
 
 Timestamp = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
 def _not_ahead(value: datetime) -> datetime:
     # A child's clock ahead of ours would otherwise date the task's last change in the future.
     return min(value, datetime.now(UTC))
