@@ -11,11 +11,12 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp
 
-from services.api import dlq, errors
+from services.api import dlq, errors, routes
 from services.api.auth import KeyRing
 from services.api.broker import BrokerLink
 from services.api.deps import Services, ServicesDep
 from services.api.guard import RequestGuard
+from services.api.hot import HotLane
 from services.api.limits import Limiter
 from services.api.metrics import AnswerCounter
 from services.api.queries import Reader
@@ -110,4 +111,5 @@ def create_app(settings: ApiSettings) -> ASGIApp:
         payload, content_type = metrics.exposition()
         return Response(payload, headers={"Content-Type": content_type})
 
-    return AnswerCounter(RequestGuard(app, max_body=settings.max_body_bytes))
+    lane = HotLane(app, {"/api/relay/send": routes.send, "/api/relay/callback": routes.callback})
+    return AnswerCounter(RequestGuard(lane, max_body=settings.max_body_bytes))

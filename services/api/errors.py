@@ -74,43 +74,46 @@ def _describe(errors: list[dict[str, Any]]) -> tuple[int, str, list[dict[str, An
     return 422, f"invalid request: {where}: {msg}", clean
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers that turn every failure into the contract's error body."""
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+def response_for(exc: Exception) -> JSONResponse:
+    """The contract's answer to a failure raised while serving a request."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.msg, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    if isinstance(exc, RequestValidationError):
         status, msg, errors = _describe(list(exc.errors()))
         return error_response(status, msg, errors)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, StarletteHTTPException):
         msg = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
         return error_response(exc.status_code, msg, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(BrokerUnavailable)
-    async def _broker(_: Request, exc: BrokerUnavailable) -> JSONResponse:
+    if isinstance(exc, BrokerUnavailable):
         log.warning("503: %s", exc)
         return error_response(
             503,
             "message bus unavailable: RabbitMQ did not confirm, nothing was sent",
             headers={"Retry-After": "1"},
         )
-
-    @app.exception_handler(PublishRefused)
-    async def _refused(_: Request, exc: PublishRefused) -> JSONResponse:
+    if isinstance(exc, PublishRefused):
         log.error("503: %s", exc)
         return error_response(503, "message bus refused the message, nothing was sent")
-
-    @app.exception_handler(DatabaseUnavailable)
-    async def _database(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
+    if isinstance(exc, DatabaseUnavailable):
         log.warning("503: %s", exc)
         return error_response(503, "database unavailable", headers={"Retry-After": "1"})
+    log.error("unexpected error", exc_info=exc)
+    return error_response(500, "internal error")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return error_response(500, "internal error")
+
+def install(app: FastAPI) -> None:
+    """Register `response_for` for every failure, so each gets the contract's error body."""
+
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return response_for(exc)
+
+    for kind in (
+        ApiError,
+        RequestValidationError,
+        StarletteHTTPException,
+        BrokerUnavailable,
+        PublishRefused,
+        DatabaseUnavailable,
+        Exception,
+    ):
+        app.add_exception_handler(kind, handle)
