@@ -298,7 +298,7 @@ class Bus:
 
     def start_api(self, **env: str) -> Proc:
         proc = self.start("api", "api", "--port", str(self.api_port), **env)
-        wait_for(lambda: _http_ready(self.api, proc), timeout=30, what="the API to serve")
+        wait_for(lambda: http_ready(self.api, proc), timeout=30, what="the API to serve")
         return proc
 
     def start_tracker(self, **env: str) -> Proc:
@@ -319,13 +319,14 @@ class Bus:
             proc.stop()
 
 
-def _http_ready(base: str, proc: Proc) -> bool:
+def http_ready(base: str, proc: Proc, path: str = "/readyz") -> bool:
+    """Whether `base + path` answers 200; fails at once if `proc` exited."""
     import httpx
 
     if proc.popen.poll() is not None:
         raise AssertionError(f"{proc.name} exited early:\n{proc.output()[-3000:]}")
     try:
-        return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+        return httpx.get(f"{base}{path}", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 

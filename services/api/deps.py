@@ -30,9 +30,13 @@ class Services:
     ids: TaskIds
 
 
-async def _services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
+
+
+async def _services(request: Request) -> Services:
+    return services_of(request)
 
 
 ServicesDep = Annotated[Services, Depends(_services)]
@@ -62,17 +66,20 @@ def require(principal: Principal, *scopes: str) -> None:
         raise ApiError(403, f"Forbidden: this key lacks the {' or '.join(scopes)} scope")
 
 
+def authorized(request: Request, key: str | None, *scopes: str) -> Principal:
+    """The key's holder, if it has one of `scopes` (else 401, 403 or 429)."""
+    principal = authenticate(services_of(request), request, key)
+    require(principal, *scopes)
+    return principal
+
+
 def _scope(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     # One flat dependency, not a chain: FastAPI solves each level on every request.
     async def check(request: Request, key: KeyHeader = None) -> Principal:
-        principal = authenticate(request.app.state.services, request, key)
-        require(principal, *scopes)
-        return principal
+        return authorized(request, key, *scopes)
 
     return check
 
 
-SendKey = Annotated[Principal, Depends(_scope("send"))]
-CallbackKey = Annotated[Principal, Depends(_scope("callback"))]
 AckKey = Annotated[Principal, Depends(_scope("send", "callback"))]
 AdminKey = Depends(_scope("admin"))

@@ -1,7 +1,7 @@
 """The hot lane: sends and callbacks served straight from ASGI, in front of FastAPI.
 
 Two requests a task take these endpoints. Through FastAPI they paid for its middleware stack,
-routing over every route and its request handler, a third of the API's time; here they get
+routing over every route and its request handler, a quarter of the API's time; here they get
 the same endpoint functions (services/api/routes.py, which read their own input), the same
 errors (errors.response_for) and nothing else. FastAPI still describes them in its OpenAPI and
 serves every other path and method.

@@ -16,21 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from services.api.auth import Principal
-from services.api.deps import KEY_HEADER, Services, authenticate, require
+from services.api.deps import KEY_HEADER, authorized
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def services_of(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
 def caller(request: Request, *scopes: str) -> Principal:
     """The key's holder, if it has one of `scopes` (else 401, 403 or 429)."""
-    principal = authenticate(services_of(request), request, request.headers.get(KEY_HEADER))
-    require(principal, *scopes)
-    return principal
+    return authorized(request, request.headers.get(KEY_HEADER), *scopes)
 
 
 def header(request: Request, name: str, adapter: TypeAdapter[str | None]) -> str | None:

@@ -12,14 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 
 from services.api import inputs
 from services.api.auth import Principal
-from services.api.deps import (
-    AckKey,
-    KeyHeader,
-    Services,
-    ServicesDep,
-    authenticate,
-    require,
-)
+from services.api.deps import AckKey, KeyHeader, Services, ServicesDep, authorized, services_of
 from services.api.errors import ApiError
 from services.api.queries import LogFilter
 from shared.errors import DatabaseUnavailable
@@ -71,7 +64,7 @@ async def send(request: Request) -> Response:
     principal = inputs.caller(request, "send")
     idempotency_key = inputs.header(request, IDEMPOTENCY_KEY, _IDEMPOTENCY_KEY)
     body = await inputs.body(request, SendRequest)
-    services = inputs.services_of(request)
+    services = services_of(request)
     if body.from_ != principal.name and not principal.send_as_any:
         raise ApiError(403, f"Forbidden: this key sends as {principal.name!r} only")
     if body.type == "task" and not principal.may_serve(body.to):
@@ -180,7 +173,7 @@ async def callback(request: Request) -> Response:
     """
     principal = inputs.caller(request, "callback")
     body = await inputs.body(request, CallbackRequest)
-    services = inputs.services_of(request)
+    services = services_of(request)
     first = request.headers.get(FIRST_CALLBACK)
     if services.ids.issued_at(body.task_id) is None:
         # 404 unless it is a client-chosen id being sent or sent
@@ -292,7 +285,7 @@ async def _may_read_logs(services: ServicesDep, request: Request, key: KeyHeader
     public = services.settings.public_logs
     if public if public is not None else services.settings.dev_mode:
         return
-    require(authenticate(services, request, key), "read")
+    authorized(request, key, "read")
 
 
 @router.get(

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from shared.db import migration_engine
 from shared.schema import head
-from tests.conftest import Bus, Namespace, free_port, running, wait_for
+from tests.conftest import Bus, Namespace, free_port, http_ready, running, wait_for
 
 
 @pytest.fixture
@@ -50,15 +50,7 @@ def test_the_api_starts_without_its_database(namespace: Namespace, tmp_path: Pat
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
     with running(Bus(namespace=namespace, database_url=url, workdir=tmp_path)) as bus:
         proc = bus.start("api", "api", "--port", str(bus.api_port))
-
-        def alive() -> bool:
-            assert proc.popen.poll() is None, proc.output()
-            try:
-                return httpx.get(f"{bus.api}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(alive, timeout=60, what="the API to serve")
+        wait_for(lambda: http_ready(bus.api, proc, "/healthz"), timeout=60, what="the API")
         assert httpx.get(f"{bus.api}/readyz", timeout=5).status_code == 503
         assert "database not reachable at start" in proc.output()
 
@@ -68,15 +60,7 @@ def test_the_api_starts_without_its_database(namespace: Namespace, tmp_path: Pat
 def test_convbus_up_migrates_a_fresh_database(bare_bus: Bus) -> None:
     up = bare_bus.start("up", "up", "--port", str(bare_bus.api_port), RELAY_DEV_MODE="true")
     bare_bus.namespace.pools.add("child")
-
-    def ready() -> bool:
-        assert up.popen.poll() is None, up.output()
-        try:
-            return httpx.get(f"{bare_bus.api}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(ready, timeout=60, what="convbus up")
+    wait_for(lambda: http_ready(bare_bus.api, up), timeout=60, what="convbus up")
     engine = migration_engine(bare_bus.database_url)
     try:
         with engine.connect() as conn:

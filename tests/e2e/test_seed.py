@@ -8,10 +8,9 @@ import signal
 import subprocess
 import time
 
-import httpx
 import pytest
 
-from tests.conftest import Bus, wait_for
+from tests.conftest import Bus, http_ready, wait_for
 
 SEED_KEY = "lynker_relay_secret_2025"
 
@@ -32,15 +31,7 @@ def test_seed_curl_commands_work_against_convbus_up(bus: Bus) -> None:
     up = bus.start("up", "up", "--port", str(bus.api_port), **env)
     bus.namespace.pools.add("child")
     base = f"http://localhost:{bus.api_port}"
-
-    def ready() -> bool:
-        assert up.popen.poll() is None, up.output()
-        try:
-            return httpx.get(f"{bus.api}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(ready, timeout=30, what="convbus up")
+    wait_for(lambda: http_ready(bus.api, up), timeout=30, what="convbus up")
 
     # 发送任务 (the seed's send, verbatim but for the port)
     sent = json.loads(
