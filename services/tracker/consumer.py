@@ -9,8 +9,8 @@ import logging
 import time
 from collections.abc import Sequence
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from aiormq.exceptions import ChannelInvalidStateError
+from aio_pika.abc import AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,6 +19,7 @@ from services.tracker.lifecycle import Entry
 from services.tracker.queue_stats import QueueWatch
 from services.tracker.retention import pruning
 from services.tracker.store import BadBatch, Store
+from services.tracker.subscription import Subscription
 from shared import amqp, metrics
 from shared.db import make_engine
 from shared.errors import BrokerUnavailable, DatabaseUnavailable
@@ -32,7 +33,7 @@ from shared.topology import Topology, declare_core
 log = logging.getLogger(__name__)
 
 
-def parse(message: AbstractIncomingMessage, topo: Topology) -> list[Entry]:
+def parse(message: DeliveredMessage, topo: Topology) -> list[Entry]:
     """The entries a message on the tracker's queue stands for; ValidationError if it is poison.
 
     One, except a callback naming its run: the run's `processing` entry comes first.
@@ -53,13 +54,14 @@ _DEATH_REASONS = {
 }
 
 
-def parked_event(message: AbstractIncomingMessage) -> Event:
+def parked_event(message: DeliveredMessage) -> Event:
     """A `dead` event for a message that went into a pool's parking lot.
 
     The child parks a task out of retries with a reason and an id in its headers; RabbitMQ
     dead-letters poison (rejected, or past the delivery limit) with an x-death header.
     """
-    headers = message.headers or {}
+    properties = message.header.properties
+    headers = properties.headers or {}
     death = amqp.first_death(headers)
     death_reason = amqp.header_text(death.get("reason"))
     reason = amqp.header_text(headers.get(amqp.DEAD_REASON_HEADER)) or _DEATH_REASONS.get(
@@ -70,7 +72,7 @@ def parked_event(message: AbstractIncomingMessage) -> Event:
         key = "|".join(
             str(part)
             for part in (
-                message.message_id or hashlib.sha256(message.body).hexdigest(),
+                properties.message_id or hashlib.sha256(message.body).hexdigest(),
                 headers.get(amqp.REPLAYS_HEADER, 0),
                 death_reason,
                 death.get("count"),
@@ -114,16 +116,19 @@ class Tracker:
         self.topo = Topology(settings.namespace)
         self.stop = asyncio.Event()
         self.written = 0
-        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
         self._connection: AbstractRobustConnection | None = None
         self._engine: AsyncEngine | None = None
-        self._consuming = False
+        self._subscription: Subscription | None = None
         self.ops = OpsServer(settings.ops_host, settings.ops_port, self.readiness)
 
     async def readiness(self) -> dict[str, bool]:
         """Whether the tracker consumes from RabbitMQ and reaches its database."""
         broker = (
-            self._consuming and self._connection is not None and self._connection.connected.is_set()
+            self._subscription is not None
+            and self._subscription.active
+            and self._connection is not None
+            and self._connection.connected.is_set()
         )
         database = False
         if self._engine is not None:
@@ -151,7 +156,7 @@ class Tracker:
             except _Stopping:
                 pass
             finally:
-                self._consuming = False
+                self._subscription = None
                 await connection.close()
         except BrokerUnavailable:
             if not self.stop.is_set():
@@ -166,20 +171,19 @@ class Tracker:
     ) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.settings.batch_size * 2)
-        declared = await declare_core(channel, self.topo)
-        tag = await declared.tracker.consume(self._on_message)
-        self._consuming = True
+        await declare_core(channel, self.topo)
+        subscription = Subscription(channel, self.topo.tracker_queue, self._inbox.put_nowait)
+        await subscription.start()
+        self._subscription = subscription
         log.info("tracker consuming %s", self.topo.tracker_queue)
-        while not self.stop.is_set():
-            batch = await self._next_batch()
-            if batch:
-                stats.saw(batch)
-                await self._record(store, batch)
-        self._consuming = False
-        await declared.tracker.cancel(tag)
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        self._inbox.put_nowait(message)
+        try:
+            while not self.stop.is_set():
+                batch = await self._next_batch()
+                if batch:
+                    stats.saw(batch)
+                    await self._record(store, batch)
+        finally:
+            await subscription.stop()
 
     async def _wait_for_schema(self, store: Store) -> bool:
         """Check the schema is current once the database answers (ConfigError if it is not);
@@ -194,7 +198,7 @@ class Tracker:
                 await asyncio.wait_for(self.stop.wait(), self.settings.db_retry)
         return False
 
-    async def _next_batch(self) -> list[AbstractIncomingMessage]:
+    async def _next_batch(self) -> list[DeliveredMessage]:
         """The next messages: waits for the first, then up to batch_wait for more."""
         stopping = asyncio.ensure_future(self.stop.wait())
         first = asyncio.ensure_future(self._inbox.get())
@@ -220,16 +224,16 @@ class Tracker:
                 batch.append(self._inbox.get_nowait())
         return batch
 
-    async def _record(self, store: Store, batch: list[AbstractIncomingMessage]) -> None:
+    async def _record(self, store: Store, batch: list[DeliveredMessage]) -> None:
         metrics.TRACKER_BATCH.observe(len(batch))
-        entries: list[tuple[AbstractIncomingMessage, list[Entry]]] = []
+        entries: list[tuple[DeliveredMessage, list[Entry]]] = []
         for message in batch:
             try:
                 entries.append((message, parse(message, self.topo)))
             except ValidationError as exc:
                 log.error(
                     "parking a message that is not a valid task or event (message_id=%s): %s",
-                    message.message_id,
+                    message.header.properties.message_id,
                     exc.errors(include_input=False)[:3],
                 )
                 metrics.TRACKER_PARKED.inc()
@@ -268,46 +272,54 @@ class Tracker:
                     await asyncio.wait_for(self.stop.wait(), self.settings.db_retry)
 
 
-async def _ack_batch(messages: Sequence[AbstractIncomingMessage]) -> None:
+async def _ack_batch(messages: Sequence[DeliveredMessage]) -> None:
     """Ack a committed batch with one frame per channel (`multiple`, up to its last delivery).
 
     The tracker settles every batch before it takes the next, so on a channel every delivery
     up to the batch's last is in this batch, or was settled already (a parked one).
     """
-    last: dict[int, AbstractIncomingMessage] = {}
+    last: dict[int, DeliveredMessage] = {}
     orphans = 0
     for message in messages:  # in delivery order: the last one per channel has the top tag
-        try:
-            last[id(message.channel)] = message
-        except ChannelInvalidStateError:
+        if message.channel.is_closed:
             orphans += 1
+        else:
+            last[id(message.channel)] = message
     if orphans:
         # Their channel closed (the broker went away): RabbitMQ delivers them again, and the
         # log keeps one entry per event id.
         log.warning("%d written events not acked: their channel is closed", orphans)
     for message in last.values():
         try:
-            await message.ack(multiple=True)
+            await message.channel.basic_ack(_tag(message), multiple=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.error(
                 "could not ack a batch up to %s (%r); it will be redelivered",
-                message.message_id,
+                message.header.properties.message_id,
                 exc,
             )
 
 
-async def _settle(message: AbstractIncomingMessage, *, park: bool) -> None:
+async def _settle(message: DeliveredMessage, *, park: bool) -> None:
     """Ack, or reject into the parked queue; a failed ack is logged (the event comes again)."""
     try:
         if park:
-            await message.reject(requeue=False)
+            await message.channel.basic_reject(_tag(message), requeue=False)
         else:
-            await message.ack()
+            await message.channel.basic_ack(_tag(message))
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         log.error(
-            "could not settle message %s (%r); it will be redelivered", message.message_id, exc
+            "could not settle message %s (%r); it will be redelivered",
+            message.header.properties.message_id,
+            exc,
         )
+
+
+def _tag(message: DeliveredMessage) -> int:
+    tag = message.delivery_tag
+    assert tag is not None, "a consumed message has a delivery tag"
+    return tag

@@ -8,11 +8,8 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 
 import aiormq
-from aio_pika.abc import (
-    AbstractIncomingMessage,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.queries import Reader
@@ -43,7 +40,7 @@ class QueueWatch:
         self.pools: set[str] = set()
         self._channel: AbstractRobustChannel | None = None
 
-    def saw(self, batch: Iterable[AbstractIncomingMessage]) -> None:
+    def saw(self, batch: Iterable[DeliveredMessage]) -> None:
         """Learn the pools of the sends in a batch (a send's routing key is its pool)."""
         for message in batch:
             if len(self.pools) >= MAX_POOLS:

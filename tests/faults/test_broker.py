@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import httpx
+import pika.exceptions
 import pytest
 
 from tests.conftest import Bus, wait_for
-from tests.e2e.test_flow import send, send_task
+from tests.e2e.test_flow import finished, send, send_task
 from tests.faults.conftest import PrivateRabbit, assert_exactly_once
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -56,3 +57,31 @@ def test_the_bus_rides_out_a_broker_restart_and_a_crash(
 
     assert_exactly_once(bus.database_url, ids, timeout=120)
     assert all(p.popen.poll() is None for p in bus.procs)  # nobody had to be restarted
+
+
+def _tracker_queue_exists(bus: Bus) -> bool:
+    try:
+        bus.namespace.queue_depth(bus.namespace.topo.tracker_queue)
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    return True
+
+
+def test_the_tracker_consumes_again_after_its_queue_was_deleted(bus: Bus) -> None:
+    """RabbitMQ cancels the consumer of a deleted queue: the tracker declares it again and
+    consumes on, without a restart."""
+    bus.start_all()
+    first = send_task(bus, "echo")
+    wait_for(lambda: finished(bus, first), what="the first task to be recorded")
+
+    channel = bus.namespace.channel()
+    try:
+        channel.queue_delete(bus.namespace.topo.tracker_queue)
+    finally:
+        channel.connection.close()
+
+    wait_for(lambda: _tracker_queue_exists(bus), timeout=30, what="the tracker queue again")
+    later = send_task(bus, "echo")
+    done = wait_for(lambda: finished(bus, later), timeout=30, what="a later task recorded")
+    assert done["task_status"] == "completed"
+    assert all(p.popen.poll() is None for p in bus.procs)
