@@ -7,7 +7,7 @@ nothing moves a task out of ``completed`` or ``failed`` but a ``replay`` of a fa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -125,23 +125,31 @@ class TaskRow:
         return self.state in FINAL_STATES
 
 
-def _with_send(row: TaskRow, task: TaskMessage) -> TaskRow:
-    return replace(
-        row,
-        sender=task.from_,
-        recipient=task.to,
-        type="task",
-        cmd=task.cmd,
-        payload=task.payload,
-        text=task.text,
-        conversation_id=task.conversation_id,
-        created_at=task.created_at,
-        send_seen=True,
-    )
+_ROW_FIELDS = frozenset(f.name for f in fields(TaskRow))
 
 
-def _touch(row: TaskRow, ts: datetime) -> TaskRow:
-    return replace(row, updated_at=max(row.updated_at, ts))
+def _with(row: TaskRow, **changes: Any) -> TaskRow:
+    """`row` with `changes`: `dataclasses.replace` without its checks and `__init__`, which
+    were a tenth of the tracker's time."""
+    assert changes.keys() <= _ROW_FIELDS, changes.keys() - _ROW_FIELDS
+    new = object.__new__(TaskRow)
+    new.__dict__.update(row.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
+def _send_fields(task: TaskMessage) -> dict[str, Any]:
+    return {
+        "sender": task.from_,
+        "recipient": task.to,
+        "type": "task",
+        "cmd": task.cmd,
+        "payload": task.payload,
+        "text": task.text,
+        "conversation_id": task.conversation_id,
+        "created_at": task.created_at,
+        "send_seen": True,
+    }
 
 
 def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
@@ -149,16 +157,14 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
     source = entry.source
     if isinstance(source, TaskMessage):
         if row is None:
-            return _with_send(
-                TaskRow(
-                    task_id=source.task_id,
-                    state="pending",
-                    created_at=entry.ts,
-                    updated_at=entry.ts,
-                ),
-                source,
+            row = TaskRow(
+                task_id=source.task_id, state="pending", created_at=entry.ts, updated_at=entry.ts
             )
-        return _touch(row if row.send_seen else _with_send(row, source), entry.ts)
+            return _with(row, **_send_fields(source))
+        updated = max(row.updated_at, entry.ts)
+        if row.send_seen:
+            return _with(row, updated_at=updated)
+        return _with(row, updated_at=updated, **_send_fields(source))
 
     if entry.task_id is None or source.event in ("message", "ack"):
         return row
@@ -166,13 +172,15 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
         row = TaskRow(
             task_id=entry.task_id, state="pending", created_at=entry.ts, updated_at=entry.ts
         )
+    updated = max(row.updated_at, entry.ts)
     if source.event == "replay":
         # The one way out of `failed`: an operator replayed the parked task. Its attempts
         # count again from the start; the log keeps the history.
         if row.state != "failed":
-            return _touch(row, entry.ts)
-        return replace(
-            _touch(row, entry.ts),
+            return _with(row, updated_at=updated)
+        return _with(
+            row,
+            updated_at=updated,
             state="pending",
             attempts=0,
             completed_at=None,
@@ -181,29 +189,31 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
     attempts = max(row.attempts, source.attempt or 0)
     if row.final:
         # The count of attempts still takes news of one that raced behind the completion.
-        return replace(row, attempts=attempts) if attempts != row.attempts else row
-    row = _touch(row, entry.ts)
+        return _with(row, attempts=attempts) if attempts != row.attempts else row
     if source.event in ("processing", "retry") and (source.attempt or 0) < row.attempts:
-        return row  # news of an earlier attempt, overtaken by a later one
+        return _with(row, updated_at=updated)  # news of an earlier attempt, overtaken
     if source.event == "processing":
-        return replace(
+        return _with(
             row,
+            updated_at=updated,
             state="processing",
             attempts=attempts,
             child_id=source.child_id,
             next_attempt_at=None,
         )
     if source.event == "retry":
-        return replace(
+        return _with(
             row,
+            updated_at=updated,
             state="retrying",
             attempts=attempts,
             error=source.error,
             next_attempt_at=source.next_at,
         )
     if source.event == "callback":
-        return replace(
+        return _with(
             row,
+            updated_at=updated,
             state="completed" if source.status == "done" else "failed",
             attempts=max(attempts, 1),
             child_id=source.child_id or row.child_id,
@@ -213,12 +223,13 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
             next_attempt_at=None,
         )
     if source.event == "dead":
-        return replace(
+        return _with(
             row,
+            updated_at=updated,
             state="failed",
             attempts=attempts,
             error=source.error,
             completed_at=entry.ts,
             next_attempt_at=None,
         )
-    return row
+    return _with(row, updated_at=updated)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.tracker.lifecycle import Entry, TaskRow, apply
+from services.tracker.lifecycle import Entry, TaskRow, _with, apply
 from shared.ids import processing_event_id
 from shared.schemas import Event, TaskMessage
 
@@ -381,3 +381,13 @@ def test_no_processing_entry_without_the_whole_run(fields: dict[str, Any]) -> No
 def test_only_callbacks_yield_a_processing_entry() -> None:
     assert event("retry", 5, attempt=1, run_id="r_abc", started_at=at(4)).run_started() is None
     assert send(0).run_started() is None
+
+
+def test_a_changed_row_equals_dataclasses_replace_and_leaves_the_old_one() -> None:
+    old = apply(None, send())
+    assert old is not None
+    new = _with(old, state="processing", attempts=2)
+    assert new == replace(old, state="processing", attempts=2)
+    assert (old.state, old.attempts) == ("pending", 0)
+    with pytest.raises(AssertionError):
+        _with(old, stat="processing")
