@@ -157,7 +157,7 @@ class TrackerSettings(BusSettings):
     """The tracker."""
 
     #: Most events written in one transaction.
-    batch_size: int = Field(default=500, ge=1, le=10_000)
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
     #: Seconds the tracker waits to fill a batch once it has the first event.
     batch_wait: float = Field(default=0.02, ge=0, le=10)
     #: Seconds between reconnect attempts when the database is down.
