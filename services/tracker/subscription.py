@@ -38,6 +38,8 @@ class Subscription:
         self._tag: str | None = None
         self._stopped = False
         self._again: asyncio.Task[None] | None = None
+        # A reopen and a cancel may both ask to consume at once: one consumer per channel.
+        self._lock = asyncio.Lock()
 
     @property
     def active(self) -> bool:
@@ -54,27 +56,40 @@ class Subscription:
         self.channel.reopen_callbacks.discard(self._reopened)
         if self._again is not None:
             self._again.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._again
         underlay, tag = self._underlay, self._tag
         self._tag = None
         if underlay is not None and tag is not None and not underlay.is_closed:
-            with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, TimeoutError):
+            # ChannelInvalidStateError is a RuntimeError: the channel closed meanwhile.
+            with contextlib.suppress(
+                aiormq.exceptions.AMQPError, RuntimeError, ConnectionError, TimeoutError
+            ):
                 await underlay.basic_cancel(tag, timeout=5)
 
     async def _consume(self) -> None:
-        underlay = await self.channel.get_underlay_channel()
-        if self._underlay is not underlay:
-            underlay.on_consumer_cancel_callbacks.add(self._cancelled)
-        ok = await underlay.basic_consume(self.queue, self._on_delivery, no_ack=False)
-        self._underlay, self._tag = underlay, ok.consumer_tag
+        """Consume on the channel as it is now, unless this subscription already does."""
+        async with self._lock:
+            underlay = await self.channel.get_underlay_channel()
+            if self._tag is not None and self._underlay is underlay and not underlay.is_closed:
+                return
+            if self._underlay is not underlay:
+                underlay.on_consumer_cancel_callbacks.add(self._cancelled)
+            ok = await underlay.basic_consume(self.queue, self._on_delivery, no_ack=False)
+            self._underlay, self._tag = underlay, ok.consumer_tag
 
     async def _on_delivery(self, message: DeliveredMessage) -> None:
         self.deliver(message)
 
     async def _reopened(self, _channel: Any) -> None:
-        # A reopened channel has no consumers: the queue is declared again by then.
-        self._tag = None
-        if not self._stopped:
+        """A reopened channel has no consumers; the queue is declared again by then."""
+        if self._stopped:
+            return
+        try:
             await self._consume()
+        except Exception as exc:  # aio-pika drops a reopen callback's error without a word
+            # Consuming failed on the channel, which closes it: the next reopen tries again.
+            log.warning("could not consume %s on the reopened channel (%r)", self.queue, exc)
 
     def _cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
         """The broker cancelled the consumer (its queue was deleted, say): consume again.

@@ -43,6 +43,30 @@ def _chown(path: Path, user: str) -> None:
         shutil.chown(child, user, user)
 
 
+def consumers_of(
+    queue: str, node: str | None = None, env: dict[str, str] | None = None
+) -> int | None:
+    """The consumers of `queue` on a local node, by rabbitmqctl (AMQP's consumer count shows
+    only the active one of a single-active-consumer queue); None if rabbitmqctl did not answer."""
+    command = ["rabbitmqctl", "-q", "list_consumers", "--no-table-headers", "queue_name"]
+    if node is not None:
+        command[1:1] = ["-n", node]
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, check=True, timeout=20
+        )
+    except (subprocess.TimeoutExpired, subprocess.CalledProcessError):
+        return None
+    return sum(1 for line in done.stdout.splitlines() if line.strip() == queue)
+
+
+def one_consumer(queue: str, node: str | None = None, env: dict[str, str] | None = None) -> None:
+    """Wait until `queue` has exactly one consumer (a reconnect may still be settling)."""
+    wait_for(
+        lambda: consumers_of(queue, node, env) == 1, timeout=60, what=f"one consumer on {queue}"
+    )
+
+
 @dataclass
 class PrivateRabbit:
     """A RabbitMQ node of the test's own: its own name, ports and data directory."""
@@ -96,6 +120,10 @@ class PrivateRabbit:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         wait_for(lambda: not _pid_alive(pid), timeout=60, what=f"RabbitMQ {self.name} to exit")
+
+    def one_consumer(self, queue: str) -> None:
+        """Wait until `queue` has exactly one consumer on this node."""
+        one_consumer(queue, self.name, self.env())
 
     def stop(self) -> None:
         """A clean shutdown (RabbitMQ stops gracefully on SIGTERM)."""
