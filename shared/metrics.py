@@ -71,6 +71,10 @@ TRACKER_BATCH = Histogram(
     "Messages per batch the tracker wrote in one transaction",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000),
 )
+TRACKER_EARLY_BATCHES = Counter(
+    "convbus_tracker_early_batches_total",
+    "Batches the tracker wrote before their window ended, as no event came for RELAY_BATCH_IDLE",
+)
 TRACKER_WRITE = Histogram(
     "convbus_tracker_write_seconds", "One batch's transaction", buckets=_SECONDS
 )

@@ -160,6 +160,9 @@ class TrackerSettings(BusSettings):
     batch_size: int = Field(default=1000, ge=1, le=10_000)
     #: Seconds the tracker waits to fill a batch once it has the first event.
     batch_wait: float = Field(default=0.02, ge=0, le=10)
+    #: A batch is written early once no event came for this long (0: never), at most one
+    #: such batch per batch_wait on average (services/tracker/batching.py).
+    batch_idle: float = Field(default=0.001, ge=0, le=10)
     #: Seconds between reconnect attempts when the database is down.
     db_retry: float = Field(default=1.0, gt=0, le=60)
     #: Where /healthz, /readyz and /metrics are served; port 0 serves none.

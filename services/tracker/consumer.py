@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.tracker.batching import EarlyBudget, early_rate
 from services.tracker.lifecycle import Entry
 from services.tracker.queue_stats import QueueWatch
 from services.tracker.retention import pruning
@@ -120,6 +121,7 @@ class Tracker:
         self._connection: AbstractRobustConnection | None = None
         self._engine: AsyncEngine | None = None
         self._subscription: Subscription | None = None
+        self._early = EarlyBudget(early_rate(settings.batch_wait))
         self.ops = OpsServer(settings.ops_host, settings.ops_port, self.readiness)
 
     async def readiness(self) -> dict[str, bool]:
@@ -199,7 +201,8 @@ class Tracker:
         return False
 
     async def _next_batch(self) -> list[DeliveredMessage]:
-        """The next messages: waits for the first, then up to batch_wait for more."""
+        """The next messages: waits for the first, then for more until the batch is full,
+        batch_wait has passed, or (within the early budget) none came for batch_idle."""
         stopping = asyncio.ensure_future(self.stop.wait())
         first = asyncio.ensure_future(self._inbox.get())
         try:
@@ -210,18 +213,27 @@ class Tracker:
             first.cancel()
             return []
         batch = [first.result()]
-        deadline = asyncio.get_running_loop().time() + self.settings.batch_wait
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.batch_wait
+        idle = self.settings.batch_idle
         while len(batch) < self.settings.batch_size:
-            if self._inbox.empty():
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._inbox.get(), remaining))
-                except TimeoutError:
-                    break
-            else:
+            if not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
+                continue
+            now = loop.time()
+            remaining = deadline - now
+            if remaining <= 0:
+                break
+            early = 0 < idle < remaining and self._early.available(now)
+            try:
+                batch.append(
+                    await asyncio.wait_for(self._inbox.get(), idle if early else remaining)
+                )
+            except TimeoutError:
+                if early:
+                    self._early.take(loop.time())
+                    metrics.TRACKER_EARLY_BATCHES.inc()
+                break
         return batch
 
     async def _record(self, store: Store, batch: list[DeliveredMessage]) -> None:
