@@ -14,6 +14,8 @@ from pathlib import Path
 from shared.schemas import CallbackRequest
 
 _PRUNE_EVERY = 1000
+#: How long a write waits for another worker's (and set-up retries).
+_BUSY_SECONDS = 10.0
 
 
 class FinishedTasks:
@@ -25,16 +27,30 @@ class FinishedTasks:
         self.retention = retention_seconds
         # Autocommit; WAL with synchronous=NORMAL survives a killed process (not a power cut)
         # at a few microseconds a write.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS finished ("
-            " task_id TEXT PRIMARY KEY, outcome TEXT NOT NULL, finished_at REAL NOT NULL)"
+        self._db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=_BUSY_SECONDS
         )
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._set_up()
         self._writes = 0
         self.prune()
+
+    def _set_up(self) -> None:
+        """WAL and the table. Workers starting together on a new file may see `database is
+        locked` at once: SQLite skips its busy wait where waiting could deadlock."""
+        deadline = time.monotonic() + _BUSY_SECONDS
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS finished ("
+                    " task_id TEXT PRIMARY KEY, outcome TEXT NOT NULL, finished_at REAL NOT NULL)"
+                )
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def get(self, task_id: str) -> CallbackRequest | None:
         row = self._db.execute(
