@@ -245,7 +245,7 @@ class Tracker:
             except ValidationError as exc:
                 log.error(
                     "parking a message that is not a valid task or event (message_id=%s): %s",
-                    message.header.properties.message_id,
+                    _message_id(message),
                     exc.errors(include_input=False)[:3],
                 )
                 metrics.TRACKER_PARKED.inc()
@@ -309,7 +309,7 @@ async def _ack_batch(messages: Sequence[DeliveredMessage]) -> None:
         except Exception as exc:
             log.error(
                 "could not ack a batch up to %s (%r); it will be redelivered",
-                message.header.properties.message_id,
+                _message_id(message),
                 exc,
             )
 
@@ -326,9 +326,13 @@ async def _settle(message: DeliveredMessage, *, park: bool) -> None:
     except Exception as exc:
         log.error(
             "could not settle message %s (%r); it will be redelivered",
-            message.header.properties.message_id,
+            _message_id(message),
             exc,
         )
+
+
+def _message_id(message: DeliveredMessage) -> str | None:
+    return message.header.properties.message_id
 
 
 def _tag(message: DeliveredMessage) -> int:

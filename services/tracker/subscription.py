@@ -83,13 +83,8 @@ class Subscription:
 
     async def _reopened(self, _channel: Any) -> None:
         """A reopened channel has no consumers; the queue is declared again by then."""
-        if self._stopped:
-            return
-        try:
-            await self._consume()
-        except Exception as exc:  # aio-pika drops a reopen callback's error without a word
-            # Consuming failed on the channel, which closes it: the next reopen tries again.
-            log.warning("could not consume %s on the reopened channel (%r)", self.queue, exc)
+        if not self._stopped:
+            await self._consume_again()
 
     def _cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
         """The broker cancelled the consumer (its queue was deleted, say): consume again.
@@ -104,9 +99,11 @@ class Subscription:
         self._again = asyncio.get_running_loop().create_task(self._consume_again())
 
     async def _consume_again(self) -> None:
+        """Consume, logging a failure: it closed the channel, whose reopen consumes again.
+
+        (aio-pika drops a reopen callback's error without a word.)
+        """
         try:
             await self._consume()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the robust channel's reopen consumes again
+        except Exception as exc:
             log.warning("could not consume %s again yet (%r)", self.queue, exc)
