@@ -177,11 +177,11 @@ def explain_all(url: str) -> None:
 def _api_queries(
     task_id: str, conversation: str, pool: str, sender: str, middle: int
 ) -> list[tuple[str, Any]]:
-    """The statements services/api/queries.py runs."""
+    """The statements shared/readmodel.py runs."""
     from sqlalchemy import select
 
-    from services.api.queries import LogFilter, logs_query, pools_query
     from shared.models import LogEntry, SendKey, Task
+    from shared.readmodel import LogFilter, logs_query, pools_query
 
     tasks, log, keys = (t.__table__ for t in (Task, LogEntry, SendKey))  # type: ignore[attr-defined]
     out: list[tuple[str, Any]] = [

@@ -106,10 +106,10 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 def cmd_dlq(args: argparse.Namespace) -> None:
     """Inspect and replay the parking lots."""
-    from services.api.queries import Reader
     from shared import amqp
     from shared.db import make_engine
     from shared.parking import ParkingLots
+    from shared.readmodel import Reader
     from shared.topology import Topology, declare_core
 
     settings = _settings(BusSettings)

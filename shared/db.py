@@ -3,14 +3,16 @@ migrations (shared/schema.py)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import Engine, NullPool, create_engine, event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, DatabaseUnavailable
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg"}
@@ -82,3 +84,14 @@ def migration_engine(url: str) -> Engine:
         event.listen(engine, "connect", on_connect)
         event.listen(engine, "begin", on_begin)
     return engine
+
+
+@contextlib.asynccontextmanager
+async def connection(engine: AsyncEngine, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
+    """A connection (`write`: in a transaction, committed at the end); the driver's failures
+    come out as DatabaseUnavailable."""
+    try:
+        async with engine.begin() if write else engine.connect() as conn:
+            yield conn
+    except (SQLAlchemyError, OSError) as exc:
+        raise DatabaseUnavailable(f"database error: {exc.__class__.__name__}") from exc

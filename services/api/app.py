@@ -19,12 +19,13 @@ from services.api.guard import RequestGuard
 from services.api.hot import HotLane
 from services.api.limits import Limiter
 from services.api.metrics import AnswerCounter
-from services.api.queries import Reader
 from services.api.routes import router
+from services.api.send_keys import SendKeys
 from shared import metrics
 from shared.db import make_engine
 from shared.errors import ConfigError, DatabaseUnavailable
 from shared.ids import TaskIds, derive_secret
+from shared.readmodel import Reader
 from shared.schema import require_current
 from shared.settings import ApiSettings
 
@@ -64,6 +65,7 @@ def create_app(settings: ApiSettings) -> ASGIApp:
             auth_failures=Limiter(settings.auth_failure_rate, settings.auth_failure_burst),
             broker=broker,
             reader=Reader(engine),
+            send_keys=SendKeys(engine),
             ids=TaskIds(derive_secret(secret)),
         )
         try:

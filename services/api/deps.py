@@ -12,8 +12,9 @@ from services.api.auth import KeyRing, Principal
 from services.api.broker import BrokerLink
 from services.api.errors import UNAUTHORIZED, ApiError
 from services.api.limits import Limiter
-from services.api.queries import Reader
+from services.api.send_keys import SendKeys
 from shared.ids import TaskIds
+from shared.readmodel import Reader
 from shared.settings import ApiSettings
 
 
@@ -27,6 +28,7 @@ class Services:
     auth_failures: Limiter
     broker: BrokerLink
     reader: Reader
+    send_keys: SendKeys
     ids: TaskIds
 
 

@@ -14,9 +14,9 @@ from services.api import inputs
 from services.api.auth import Principal
 from services.api.deps import AckKey, KeyHeader, Services, ServicesDep, authorized, services_of
 from services.api.errors import ApiError
-from services.api.queries import LogFilter
 from shared.errors import DatabaseUnavailable
 from shared.ids import TASK_PREFIX, callback_event_id, new_event_id, utcnow
+from shared.readmodel import LogFilter
 from shared.schemas import (
     AckRequest,
     CallbackRequest,
@@ -113,8 +113,8 @@ async def _send_once(
     The key is recorded before the publish; a send that got a 503 is published by its retry.
     """
     body_hash = _digest(json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True), "")
-    if not await services.reader.reserve_send_key(key, task_id, body_hash, utcnow(), body.to):
-        known = await services.reader.send_key(key)
+    if not await services.send_keys.reserve(key, task_id, body_hash, utcnow(), body.to):
+        known = await services.send_keys.find(key)
         if known is not None:
             if known.body_hash != body_hash:
                 what = "task_id" if key.startswith("task/") else "Idempotency-Key"
@@ -124,7 +124,7 @@ async def _send_once(
             task_id = known.task_id  # recorded, never confirmed: publish it now
     task = TaskMessage(task_id=task_id, created_at=utcnow(), **fields)
     await services.broker.publish_task(task)
-    await services.reader.confirm_send_key(key)
+    await services.send_keys.confirm(key)
     return SendResponse(task_id=task_id)
 
 
@@ -143,7 +143,7 @@ async def _known(task_id: str, services: Services, *, reserved: bool = False) ->
     grace = timedelta(seconds=services.settings.pending_grace_seconds)
     if issued is not None and utcnow() - issued < grace:
         return "pending"
-    key = await services.reader.send_key(f"task/{task_id}") if issued is None else None
+    key = await services.send_keys.find(f"task/{task_id}") if issued is None else None
     if key is not None and (key.confirmed or (reserved and utcnow() - key.created_at < grace)):
         return "pending"
     raise ApiError(404, "task not found")
@@ -211,7 +211,7 @@ async def _check_pool(principal: Principal, task_id: str, services: Services) ->
         if any(services.ids.routed_to(task_id, pool) for pool in principal.pools):
             return
     else:  # a client-chosen id: the API recorded its pool before publishing it
-        known = await services.reader.send_key(f"task/{task_id}")
+        known = await services.send_keys.find(f"task/{task_id}")
         if known is not None and known.pool in principal.pools:
             return
     raise ApiError(403, "Forbidden: this key may not call back tasks of that pool")

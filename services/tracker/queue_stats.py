@@ -12,9 +12,9 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.api.queries import Reader
 from shared import metrics
 from shared.errors import BusError
+from shared.readmodel import Reader
 from shared.topology import Topology
 
 log = logging.getLogger(__name__)

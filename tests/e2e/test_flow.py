@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.api.queries import Reader
+from services.api.send_keys import SendKeys
 from shared.db import make_engine
 from shared.ids import utcnow
 from tests.conftest import API_KEY, Bus, wait_for
@@ -286,9 +286,7 @@ def reserve(bus: Bus, task_id: str, when: datetime) -> None:
     async def run() -> bool:
         engine = make_engine(bus.database_url)
         try:
-            return await Reader(engine).reserve_send_key(
-                f"task/{task_id}", task_id, "h", when, "child"
-            )
+            return await SendKeys(engine).reserve(f"task/{task_id}", task_id, "h", when, "child")
         finally:
             await engine.dispose()
 

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.api.queries import LogFilter, Reader
 from services.tracker.lifecycle import Entry
 from services.tracker.store import Store
 from shared.models import LogEntry
+from shared.readmodel import LogFilter, Reader
 from shared.schemas import Event, TaskMessage
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

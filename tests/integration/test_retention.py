@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.api.queries import Reader
+from services.api.send_keys import SendKeys
 from services.tracker.lifecycle import Entry
 from services.tracker.retention import pruning
 from services.tracker.store import Store
@@ -26,6 +26,7 @@ from shared.db import make_engine
 from shared.errors import DatabaseUnavailable
 from shared.ids import utcnow
 from shared.models import LogEntry, SendKey, Task
+from shared.readmodel import Reader
 from shared.retention import PruneCounts, prune
 from shared.schema import migrate, migrate_blocking
 from shared.schemas import Event, TaskMessage
@@ -107,10 +108,10 @@ async def keys(engine: AsyncEngine) -> set[str]:
 async def add_key(
     engine: AsyncEngine, key: str, task_id: str, at: datetime, confirmed: bool
 ) -> None:
-    reader = Reader(engine)
-    assert await reader.reserve_send_key(key, task_id, "hash", at, "child")
+    keys = SendKeys(engine)
+    assert await keys.reserve(key, task_id, "hash", at, "child")
     if confirmed:
-        await reader.confirm_send_key(key)
+        await keys.confirm(key)
 
 
 async def seed(engine: AsyncEngine) -> None:
@@ -170,7 +171,7 @@ async def test_what_the_api_reads_after_a_prune(engine: AsyncEngine) -> None:
     assert await reader.task("old-completed") is None
     assert await reader.task_state("old-retrying") == "retrying"
     assert not await reader.has_event("cb_old-completed")
-    assert await reader.send_key("task/old-completed") is None
+    assert await SendKeys(engine).find("task/old-completed") is None
     assert await reader.pools() == ["child"]
 
 

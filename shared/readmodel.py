@@ -1,35 +1,21 @@
-"""What the API reads from (and, for client-chosen task ids, writes to) the database."""
+"""The read model: every query over the tracker's tables, for every reader (API, CLI, tracker).
+
+The tracker writes these tables (services/tracker/store.py); nothing here writes.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, func, select, union, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import ColumnElement, ScalarSelect, Select, func, select, union
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.errors import DatabaseUnavailable
-from shared.models import LogEntry, SendKey, Task
+from shared.db import connection
+from shared.models import LogEntry, Task
 
 _TASKS = Task.__table__  # type: ignore[attr-defined]
 _LOG = LogEntry.__table__  # type: ignore[attr-defined]
-_KEYS = SendKey.__table__  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class SendKeyRow:
-    """A recorded send key: the task it names, the body's hash, whether RabbitMQ confirmed."""
-
-    task_id: str
-    body_hash: str
-    confirmed: bool
-    pool: str | None
-    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -50,67 +36,22 @@ class Reader:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-
-    @contextlib.asynccontextmanager
-    async def _conn(self, write: bool = False) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self.engine.begin() if write else self.engine.connect() as conn:
-                yield conn
-        except (SQLAlchemyError, OSError) as exc:
-            raise DatabaseUnavailable(f"database error: {exc.__class__.__name__}") from exc
 
     async def task(self, task_id: str) -> dict[str, Any] | None:
-        async with self._conn() as conn:
+        async with connection(self.engine) as conn:
             row = (await conn.execute(select(_TASKS).where(_TASKS.c.task_id == task_id))).first()
         return dict(row._mapping) if row is not None else None
 
     async def task_state(self, task_id: str) -> str | None:
-        async with self._conn() as conn:
+        async with connection(self.engine) as conn:
             state: str | None = (
                 await conn.execute(select(_TASKS.c.state).where(_TASKS.c.task_id == task_id))
             ).scalar_one_or_none()
         return state
 
-    async def send_key(self, key: str) -> SendKeyRow | None:
-        """What a client's send key was first used for, if it ever was."""
-        query = select(
-            _KEYS.c.task_id, _KEYS.c.body_hash, _KEYS.c.confirmed, _KEYS.c.pool, _KEYS.c.created_at
-        ).where(_KEYS.c.key == key)
-        async with self._conn() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None:
-            return None
-        return SendKeyRow(row.task_id, row.body_hash, row.confirmed, row.pool, row.created_at)
-
-    async def reserve_send_key(
-        self, key: str, task_id: str, body_hash: str, now: datetime, pool: str | None = None
-    ) -> bool:
-        """Record a client's send key; False if it was recorded already."""
-        stmt = (
-            self._insert(_KEYS)
-            .values(
-                key=key,
-                task_id=task_id,
-                body_hash=body_hash,
-                confirmed=False,
-                created_at=now,
-                pool=pool,
-            )
-            .on_conflict_do_nothing(index_elements=["key"])
-            .returning(_KEYS.c.key)
-        )
-        async with self._conn(write=True) as conn:
-            inserted = (await conn.execute(stmt)).first()
-        return inserted is not None
-
-    async def confirm_send_key(self, key: str) -> None:
-        async with self._conn(write=True) as conn:
-            await conn.execute(update(_KEYS).where(_KEYS.c.key == key).values(confirmed=True))
-
     async def logs(self, f: LogFilter) -> list[dict[str, Any]]:
         """Entries matching `f`, oldest first: the last `limit`, or the next ones after `after`."""
-        async with self._conn() as conn:
+        async with connection(self.engine) as conn:
             rows = [dict(r._mapping) for r in await conn.execute(logs_query(f))]
         if f.after is None:
             rows.reverse()
@@ -119,16 +60,16 @@ class Reader:
     async def has_event(self, event_id: str) -> bool:
         """Whether the tracker recorded this event."""
         query = select(_LOG.c.id).where(_LOG.c.event_id == event_id)
-        async with self._conn() as conn:
+        async with connection(self.engine) as conn:
             return (await conn.execute(query)).first() is not None
 
     async def pools(self) -> list[str]:
         """Every pool a task was ever sent to."""
-        async with self._conn() as conn:
+        async with connection(self.engine) as conn:
             return sorted(str(p) for p in (await conn.execute(pools_query())).scalars())
 
     async def ping(self) -> None:
-        async with self._conn() as conn:
+        async with connection(self.engine) as conn:
             await conn.execute(select(1))
 
 
