@@ -23,6 +23,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY README.md ./
 COPY shared ./shared
 COPY services ./services
+COPY cli ./cli
 RUN pip --python /opt/convbus/bin/python install --no-deps .
 
 # --- runtime: the slim base, the venv, an unprivileged user.

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aio_pika
 import aiohttp
@@ -25,15 +25,14 @@ import aiormq
 import orjson
 import psycopg
 from aio_pika.abc import AbstractChannel
+from local_bus import POOL, LocalBus  # scripts/, beside this file
 
-from services.bench import KEY_HEADER, SEND_PATH
+from cli.bench.run import KEY_HEADER, SEND_PATH
+from cli.processes import BusProcess
 from shared import amqp
 from shared.ids import TaskIds, callback_event_id, derive_secret, utcnow
 from shared.schemas import Event, TaskMessage
 from shared.topology import Declared, Topology, declare_core
-
-if TYPE_CHECKING:  # bench_local imports this module: no import back at run time
-    from bench_local import LocalBus, Process
 
 RSS_METRIC = "process_resident_memory_bytes"
 CPU_METRIC = "process_cpu_seconds_total"
@@ -52,8 +51,6 @@ PUBLISH_TIMEOUT = 30.0
 DEPTH_SETTLE = 60.0
 #: A pool with no queue: its sends reach the tracker's queue only (bound to the tasks with #).
 CATCHUP_POOL = "catchup-nowhere"
-#: The pool of the memory case (bench_local's; its queues are deleted with the namespace).
-POOL = "child"
 CONCURRENCY = 64
 
 
@@ -228,9 +225,9 @@ class Stall:
             raise RuntimeError(f"{self.what}: not done after {self.max_wait:.0f} s ({detail})")
 
 
-def _alive(proc: Process) -> None:
-    if proc.popen.poll() is not None:
-        raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+def _alive(proc: BusProcess) -> None:
+    if not proc.running:
+        raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.output()}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,8 +506,8 @@ class _Memory:
     bus: LocalBus
     http: aiohttp.ClientSession
     probe: AbstractChannel  # passive declares only
-    api: Process
-    tracker: Process
+    api: BusProcess
+    tracker: BusProcess
     counts: TaskCounts
 
     def depth(self, queue: str) -> Coroutine[Any, Any, tuple[int, int]]:

@@ -29,189 +29,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import bench_backlog  # scripts/, beside this file
-import pika
-import psycopg
+from local_bus import LocalBus
 
-from shared.retry import RetryPolicies
-from shared.topology import Topology
-
-CLI = [sys.executable, "-m", "services.cli"]
-POOL = "child"
-READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 40.0  # more than a child's shutdown grace (30 s)
+from cli.processes import CONVBUS, BusProcess
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Process:
-    """A process of the bus, with where it serves /readyz and /metrics."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    base: str
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
-@dataclass
-class LocalBus:
-    """A namespace, a database and the bus's processes on this machine, and their cleanup."""
-
-    amqp_url: str
-    pg_admin_url: str | None  # None: SQLite
-    workdir: Path
-    namespace: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:10]}")
-    key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    api_port: int = field(default_factory=free_port)
-    database: str | None = None
-    procs: list[Process] = field(default_factory=list)
-
-    def database_url(self) -> str:
-        if self.pg_admin_url is None:
-            return f"sqlite:///{self.workdir / 'bus.db'}"
-        return f"{self.pg_admin_url.rsplit('/', 1)[0]}/{self.database}"
-
-    def create_database(self) -> None:
-        if self.pg_admin_url is None:
-            return
-        name = f"convbus_bench_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.pg_admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        self.database = name
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            RELAY_NAMESPACE=self.namespace,
-            RELAY_AMQP_URL=self.amqp_url,
-            RELAY_DATABASE_URL=self.database_url(),
-            RELAY_API_KEY=self.key,
-            LYNKER_API_BASE=f"http://127.0.0.1:{self.api_port}",  # where the children call back
-            RELAY_DEV_MODE="false",
-            RELAY_LOG_LEVEL="WARNING",
-            RELAY_STATE_DIR=str(self.workdir / "child-state"),
-            # The benchmark measures the bus, not the per-key limit on sends.
-            RELAY_SEND_RATE="0",
-        )
-        env.update(extra)
-        return env
-
-    def migrate(self) -> None:
-        subprocess.run([*CLI, "migrate"], env=self.env(), check=True, stdout=subprocess.DEVNULL)
-
-    def start(self, name: str, *args: str, port: int | None = None) -> Process:
-        """Start `convbus ARGS`; its ops port (or the API's) is `port`, else a free one."""
-        port = port or free_port()
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [*CLI, *args],
-                env=self.env(RELAY_OPS_PORT=str(port)),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                # Its own session: Ctrl-C reaches this script, which stops the bus in order.
-                start_new_session=True,
-            )
-        proc = Process(name, popen, log, f"http://127.0.0.1:{port}")
-        self.procs.append(proc)
-        return proc
-
-    def start_bus(self, children: int) -> Process:
-        """Tracker, children and API; returns the API once every process is ready."""
-        self.start("tracker", "tracker")
-        api = self.start("api", "api", "--port", str(self.api_port), port=self.api_port)
-        for n in range(children):
-            self.start(f"child-{n + 1}", "child", "--pool", POOL)
-        for proc in self.procs:
-            wait_ready(proc)
-        return api
-
-    def check_alive(self) -> None:
-        for proc in self.procs:
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}")
-
-    def stop(self) -> None:
-        # The children first, while the API still takes their callbacks; the tracker last.
-        for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                proc.popen.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(STOP_TIMEOUT)
-            if proc.popen.poll() is None:
-                print(f"bench: {proc.name} did not stop in time; killed", file=sys.stderr)
-                proc.popen.kill()
-                proc.popen.wait(5)
-
-    def delete_namespace(self) -> None:
-        topo = Topology(self.namespace)
-        exchanges, queues = topo.names([POOL])
-        policy = RetryPolicies().default
-        delays = {policy.delay_ms(a) for a in range(1, policy.max_retries + 1)}
-        queues += [topo.delay_queue(POOL, d) for d in delays if d]
-        connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
-        try:
-            channel = connection.channel()
-            for queue in queues:
-                channel.queue_delete(queue)
-            for exchange in exchanges:
-                channel.exchange_delete(exchange)
-        finally:
-            connection.close()
-
-    def drop_database(self) -> None:
-        if self.pg_admin_url is None or self.database is None:
-            return
-        with psycopg.connect(self.pg_admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-
-
-def wait_ready(proc: Process) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-        try:
-            with urllib.request.urlopen(f"{proc.base}/readyz", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} not ready after {READY_TIMEOUT:g} s:\n{proc.tail()}")
-
-
-def run_case(bus: LocalBus, api: Process, title: str, args: list[str]) -> dict[str, Any] | None:
+def run_case(bus: LocalBus, api: BusProcess, title: str, args: list[str]) -> dict[str, Any] | None:
     """Run `convbus bench` against the bus; its figures, its output passed through."""
     metrics = [arg for p in bus.procs for arg in ("--metrics", f"{p.name}={p.base}/metrics")]
-    command = [*CLI, "bench", "--api", api.base, *metrics, *args]
+    command = [*CONVBUS, "bench", "--api", api.base, *metrics, *args]
     print(f"\n=== {title}: convbus bench {' '.join(args)}", flush=True)
     # The key reaches the bench through its environment (RELAY_API_KEY), not its command line.
     done = subprocess.run(command, env=bus.env(), stdout=subprocess.PIPE, text=True, check=False)
@@ -294,7 +131,9 @@ def on_own_bus(args: argparse.Namespace, what: str, work: Callable[[LocalBus], N
             bus.stop()
             if failed:
                 for proc in bus.procs:
-                    print(f"----- {proc.name} (exit {proc.popen.returncode})\n{proc.tail()}")
+                    print(
+                        f"----- {proc.name} (exit {proc.popen.returncode})\n{proc.output()[-3000:]}"
+                    )
             _cleanup("delete the namespace", bus.delete_namespace)
             _cleanup("drop the database", bus.drop_database)
             signal.signal(signal.SIGINT, previous[0])

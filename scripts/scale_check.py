@@ -137,7 +137,7 @@ def _sql(conn: psycopg.Connection[Any], statement: Any) -> str:
 
 
 def fill(url: str) -> None:
-    from shared.schema import migrate_blocking
+    from shared.migrate import migrate_blocking
 
     migrate_blocking(url)  # the schema as `convbus migrate` makes it
     with psycopg.connect(url, autocommit=True) as conn:

@@ -1,5 +1,5 @@
 """Database engines for SQLite (default) and PostgreSQL: async for the services, sync for
-migrations (shared/schema.py)."""
+migrations (shared/migrate.py)."""
 
 from __future__ import annotations
 

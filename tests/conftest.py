@@ -5,10 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +17,7 @@ import pika
 import psycopg
 import pytest
 
+from cli.processes import BusProcess, free_port
 from shared.topology import Topology
 
 AMQP_URL = os.environ.get("RELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -112,7 +110,7 @@ def _fresh_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 
 def migrated(database_url: str) -> str:
     """The database at `database_url`, with the schema migrated to head (as `convbus migrate`)."""
-    from shared.schema import migrate_blocking
+    from shared.migrate import migrate_blocking
 
     migrate_blocking(database_url)
     return database_url
@@ -200,13 +198,6 @@ def namespace(amqp_url: str) -> Iterator[Namespace]:
         ns.delete()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def wait_for(
     condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = ""
 ) -> Any:
@@ -221,33 +212,8 @@ def wait_for(
         time.sleep(interval)
 
 
-@dataclass
-class Proc:
-    """A convbus process started by a test."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    #: Where it serves /healthz, /readyz and /metrics (the API: on its own port).
-    ops_port: int
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return self.popen.returncode
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(5)
+#: A convbus process started by a test (its `port`: where it serves /readyz and /metrics).
+Proc = BusProcess
 
 
 @dataclass
@@ -282,17 +248,15 @@ class Bus:
         return env
 
     def start(self, name: str, *args: str, **env: str) -> Proc:
-        log = self.workdir / f"{name}-{len(self.procs)}.log"
         env.setdefault("RELAY_OPS_PORT", str(free_port()))
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", *args],
-                env=self.env(**env),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-            )
-        proc = Proc(name, popen, log, int(env["RELAY_OPS_PORT"]))
+        proc = BusProcess.start(
+            name,
+            args,
+            self.env(**env),
+            log=self.workdir / f"{name}-{len(self.procs)}.log",
+            port=int(env["RELAY_OPS_PORT"]),
+            cwd=self.workdir,
+        )
         self.procs.append(proc)
         return proc
 
@@ -323,7 +287,7 @@ def http_ready(base: str, proc: Proc, path: str = "/readyz") -> bool:
     """Whether `base + path` answers 200; fails at once if `proc` exited."""
     import httpx
 
-    if proc.popen.poll() is not None:
+    if not proc.running:
         raise AssertionError(f"{proc.name} exited early:\n{proc.output()[-3000:]}")
     try:
         return httpx.get(f"{base}{path}", timeout=1).status_code == 200

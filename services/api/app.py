@@ -25,8 +25,8 @@ from shared import metrics
 from shared.db import make_engine
 from shared.errors import ConfigError, DatabaseUnavailable
 from shared.ids import TaskIds, derive_secret
+from shared.migrate import require_current
 from shared.readmodel import Reader
-from shared.schema import require_current
 from shared.settings import ApiSettings
 
 log = logging.getLogger(__name__)

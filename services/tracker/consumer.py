@@ -25,8 +25,8 @@ from shared import amqp, metrics
 from shared.db import make_engine
 from shared.errors import BrokerUnavailable, DatabaseUnavailable
 from shared.ids import utcnow
+from shared.migrate import require_current
 from shared.ops import OpsServer
-from shared.schema import require_current
 from shared.schemas import Event, TaskMessage
 from shared.settings import TrackerSettings
 from shared.topology import Topology, declare_core

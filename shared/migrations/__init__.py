@@ -1,1 +1,1 @@
-"""Alembic migrations of the tracker's database (run by shared/schema.py, `convbus migrate`)."""
+"""Alembic migrations of the tracker's database (run by shared/migrate.py, `convbus migrate`)."""

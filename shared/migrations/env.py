@@ -1,4 +1,4 @@
-"""Alembic's environment: runs on the connection shared/schema.py hands over, or, for a
+"""Alembic's environment: runs on the connection shared/migrate.py hands over, or, for a
 developer's `alembic` command (alembic.ini at the repository root), on RELAY_DATABASE_URL."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=Tr
 def bench(bus: Bus, *args: str) -> subprocess.CompletedProcess[str]:
     """`convbus bench --json-only` against the bus, with the bus's key in its environment."""
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "bench", "--json-only", *args],
+        [sys.executable, "-m", "cli", "bench", "--json-only", *args],
         env=bus.env(),
         capture_output=True,
         text=True,

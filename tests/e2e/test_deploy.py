@@ -69,7 +69,7 @@ def start(bus: Bus, name: str, service: dict[str, Any], ops_port: int = 0) -> Pr
     # The log on stderr; stdout is a command's answer (migrate prints the revision).
     with log.open("wb") as err, (bus.workdir / f"{name}.out").open("wb") as out:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             env={**clean, **env},
             stdout=out,
             stderr=err,
@@ -107,7 +107,7 @@ def test_the_compose_services_migrate_start_pass_their_checks_and_carry_a_task(
     for proc in (tracker, api, *children):
         service = services[proc.name.split("-")[0]]
         wait_for(
-            lambda s=service, p=proc: p.popen.poll() is None and health_check(s, p.ops_port),
+            lambda s=service, p=proc: p.popen.poll() is None and health_check(s, p.port),
             timeout=60,
             what=f"{proc.name}'s compose health check",
         )

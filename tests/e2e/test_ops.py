@@ -15,7 +15,7 @@ pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=Tr
 
 
 def ops(proc: Proc, path: str) -> httpx.Response:
-    return httpx.get(f"http://127.0.0.1:{proc.ops_port}{path}", timeout=5)
+    return httpx.get(f"http://127.0.0.1:{proc.port}{path}", timeout=5)
 
 
 def answers(proc: Proc, path: str) -> httpx.Response | None:

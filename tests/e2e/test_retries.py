@@ -32,7 +32,7 @@ def events(bus: Bus, task_id: str) -> list[str]:
 
 def convbus(bus: Bus, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=bus.env(),
         capture_output=True,
         text=True,

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from shared.db import migration_engine
-from shared.schema import head
+from shared.migrate import head
 from tests.conftest import Bus, Namespace, free_port, http_ready, running, wait_for
 
 

@@ -56,7 +56,7 @@ def test_a_callback_that_never_succeeds_parks_the_task_and_replay_completes_it(b
         assert failed["task_status"] == "failed" and "retries exhausted" in failed["error"]
         proxy.mode = "pass"
         replay = subprocess.run(
-            [sys.executable, "-m", "services.cli", "dlq", "replay", task_id],
+            [sys.executable, "-m", "cli", "dlq", "replay", task_id],
             env=bus.env(), capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert replay.returncode == 0, replay.stderr

@@ -31,7 +31,7 @@ def run_overview(namespace: Namespace, *args: str, **env: str) -> subprocess.Com
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "LYNKER_"))}
     clean.update({"RELAY_NAMESPACE": namespace.name, "RELAY_AMQP_URL": namespace.amqp_url, **env})
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "overview", *args],
+        [sys.executable, "-m", "cli", "overview", *args],
         env=clean,
         capture_output=True,
         text=True,

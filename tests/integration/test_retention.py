@@ -25,10 +25,10 @@ from services.tracker.store import Store
 from shared.db import make_engine
 from shared.errors import DatabaseUnavailable
 from shared.ids import utcnow
+from shared.migrate import migrate, migrate_blocking
 from shared.models import LogEntry, SendKey, Task
 from shared.readmodel import Reader
 from shared.retention import PruneCounts, prune
-from shared.schema import migrate, migrate_blocking
 from shared.schemas import Event, TaskMessage
 from shared.settings import TrackerSettings
 from tests.conftest import Bus, wait_for
@@ -324,7 +324,7 @@ def test_the_command_line_on_a_sqlite_file(tmp_path: Path) -> None:
 
     def convbus(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "services.cli", "prune", *args],
+            [sys.executable, "-m", "cli", "prune", *args],
             env=env, capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
 

@@ -21,7 +21,7 @@ from sqlmodel import SQLModel
 from shared import models  # noqa: F401  (the tables compared with)
 from shared.db import make_engine, migration_engine
 from shared.errors import ConfigError
-from shared.schema import (
+from shared.migrate import (
     BASELINE,
     PG_LOCK_KEY,
     alembic_config,
@@ -117,7 +117,7 @@ def cli(database_url: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "LYNKER_"))}
     env["RELAY_DATABASE_URL"] = database_url
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         cwd=cwd,
         stdout=subprocess.PIPE,

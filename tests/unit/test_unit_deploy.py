@@ -37,7 +37,7 @@ import pytest
 import yaml
 from pydantic import AliasChoices
 
-from services.cli import parser
+from cli.main import parser
 from shared.settings import ApiSettings, BusSettings, ChildSettings, TrackerSettings
 from tests.compose_config import (
     COMPOSE,
@@ -60,7 +60,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 README = ROOT / "README.md"
 
-#: The settings class each `convbus` command reads (services/cli.py).
+#: The settings class each `convbus` command reads (cli/).
 SETTINGS: dict[str, type[BusSettings]] = {
     "api": ApiSettings,
     "child": ChildSettings,

@@ -13,7 +13,7 @@ from sqlmodel import SQLModel
 
 from shared import models  # noqa: F401  (registers the tables)
 from shared.db import migration_engine
-from shared.schema import BASELINE, MIGRATIONS, alembic_config, head, migrate_blocking
+from shared.migrate import BASELINE, MIGRATIONS, alembic_config, head, migrate_blocking
 
 
 def drift(url: str, metadata: MetaData) -> list[Any]:

@@ -1,4 +1,4 @@
-"""services/overview.py: the management API's JSON to the overview, and its errors translated."""
+"""The overview (shared/overview.py, cli/overview.py): management API JSON to a table, errors."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from services.overview import (
+from cli.overview import render_table
+from shared.errors import BrokerUnavailable, ConfigError
+from shared.overview import (
     build_overview,
     fetch_overview,
     fetch_queue_stats,
     management_endpoint,
     parse_queues,
-    render_table,
 )
-from shared.errors import BrokerUnavailable, ConfigError
 from shared.settings import BusSettings
 from shared.topology import QueueRole, Topology
 from tests.conftest import free_port

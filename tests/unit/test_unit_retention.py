@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from services.cli import parser
+from cli.main import parser
 from shared.durations import parse_duration
 from shared.retention import PruneCounts, prune
 from shared.settings import TrackerSettings

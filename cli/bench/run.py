@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from services.bench_usage import cpu_speed_ms, own_cpu, own_peak_rss, sample
+from cli.bench.usage import cpu_speed_ms, own_cpu, own_peak_rss, sample
 from shared.errors import BusError
 
 SEND_PATH = "/api/relay/send"

@@ -1,11 +1,11 @@
-"""`convbus overview`: what waits where, read from RabbitMQ's management HTTP API.
+"""What waits where, read from RabbitMQ's management HTTP API (`convbus overview` shows it).
 
 Per pool: tasks ready and unacknowledged, consumers, parked tasks, tasks waiting in delay
 (retry) queues; then the tracker's lag (messages not yet recorded) and its consumers. Only the
 queues of this bus's namespace are shown.
 
-Two halves: `fetch_queue_stats` speaks HTTP (and is what metrics can reuse for queue depths);
-`build_overview` and `render_table` are pure, from the API's JSON to what the operator reads.
+Two halves: `fetch_queue_stats` speaks HTTP; `build_overview` is pure, from the management
+API's JSON to the overview (cli/overview.py renders it for the operator).
 """
 
 from __future__ import annotations
@@ -232,38 +232,6 @@ def build_overview(topo: Topology, queues: Iterable[QueueStats], vhost: str = "/
         pool.delays.sort(key=lambda d: d.delay_ms)
     ordered = [pools[name] for name in sorted(pools)]
     return Overview(namespace=topo.namespace, vhost=vhost, pools=ordered, tracker=tracker)
-
-
-def render_table(overview: Overview) -> str:
-    """The overview as an operator reads it: a table of pools, the delay queues, the tracker."""
-    lines = [f"namespace {overview.namespace} (vhost {overview.vhost})", ""]
-    header = ("pool", "ready", "unacked", "consumers", "parked", "retrying")
-    rows = [
-        (p.pool, *map(str, (p.ready, p.unacked, p.consumers, p.parked, p.retrying)))
-        for p in overview.pools
-    ]
-    if rows:
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            cells = [row[0].ljust(widths[0])]
-            cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
-            lines.append("  ".join(cells).rstrip())
-    else:
-        lines.append("no pools (no pool queue of this namespace on the broker)")
-    delays = [d for p in overview.pools for d in p.delays]
-    if delays:
-        lines += ["", "retry (delay) queues:"]
-        width = max(len(d.queue) for d in delays)
-        lines += [f"  {d.queue.ljust(width)}  {d.messages}" for d in delays]
-    t = overview.tracker
-    lines += [
-        "",
-        f"tracker: lag {t.lag} (ready {t.ready}, unacked {t.unacked}), "
-        f"consumers {t.consumers}, parked {t.parked}",
-    ]
-    if t.consumers == 0:
-        lines.append("  no tracker is consuming: nothing is being recorded")
-    return "\n".join(lines)
 
 
 async def fetch_queue_stats(

@@ -1,0 +1,5 @@
+"""`python -m cli` is `convbus`."""
+
+from cli.main import main
+
+main()

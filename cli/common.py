@@ -1,0 +1,46 @@
+"""What every subcommand needs: its settings, an event loop, and errors as one line."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from shared.errors import BusError
+from shared.settings import BusSettings
+
+S = TypeVar("S", bound=BusSettings)
+
+
+class CommandError(BusError):
+    """A subcommand cannot go on: said as one line, `convbus <command>: <why>`."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def settings(cls: type[S]) -> S:
+    """The settings of `cls` from the environment; invalid ones are a CommandError."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise CommandError(f"invalid settings: {exc}") from exc
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop."""
+    import uvloop
+
+    uvloop.run(main)
+
+
+async def until_signalled(stop: asyncio.Event, main: asyncio.Future[None]) -> None:
+    """Await `main`; SIGINT and SIGTERM set `stop`, which `main` watches to end cleanly."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await main
