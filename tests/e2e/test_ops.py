@@ -140,6 +140,6 @@ def test_json_logs_carry_the_task_and_its_conversation(bus: Bus) -> None:
 def test_a_taken_ops_port_stops_the_child_with_a_clear_message(bus: Bus) -> None:
     first = bus.start_child("child")
     wait_for(lambda: answers(first, "/healthz"), what="the first child to serve")
-    second = bus.start_child("child", RELAY_OPS_PORT=str(first.ops_port))
+    second = bus.start_child("child", RELAY_OPS_PORT=str(first.port))
     assert second.popen.wait(30) != 0
-    assert f"RELAY_OPS_PORT {first.ops_port}" in second.output()
+    assert f"RELAY_OPS_PORT {first.port}" in second.output()
