@@ -1,4 +1,4 @@
-"""The FastAPI application: lifespan, routes, error handlers, health."""
+"""The FastAPI application: lifespan, middleware, routes, error handlers, health."""
 
 from __future__ import annotations
 
@@ -7,21 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.types import ASGIApp
 
-from services.api import dlq, errors, routes
+from services.api import dlq, errors, hand_read, health
 from services.api.auth import KeyRing
+from services.api.bodies import BodySizeLimit, JsonContentType
 from services.api.broker import BrokerLink
-from services.api.deps import Services, ServicesDep
-from services.api.guard import RequestGuard
-from services.api.hot import HotLane
+from services.api.deps import Services
 from services.api.limits import Limiter
 from services.api.metrics import AnswerCounter
-from services.api.routes import router
+from services.api.routes import hand_read_router, router
 from services.api.send_keys import SendKeys
-from shared import metrics
 from shared.db import make_engine
 from shared.errors import ConfigError, DatabaseUnavailable
 from shared.ids import TaskIds, derive_secret
@@ -32,8 +28,8 @@ from shared.settings import ApiSettings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ApiSettings) -> ASGIApp:
-    """The API as an ASGI app (FastAPI behind the request guard)."""
+def create_app(settings: ApiSettings) -> FastAPI:
+    """The API: one FastAPI app; every request goes through its middleware and one route."""
     keys = KeyRing.from_settings(settings)
     if settings.id_secret is not None:
         secret = settings.id_secret.get_secret_value()
@@ -83,35 +79,15 @@ def create_app(settings: ApiSettings) -> ASGIApp:
         redoc_url="/redoc" if settings.openapi else None,
         openapi_url="/openapi.json" if settings.openapi else None,
     )
+    # Added innermost first: the count sees every answer, 413s included.
+    app.add_middleware(JsonContentType)
+    app.add_middleware(BodySizeLimit, max_body=settings.max_body_bytes)
+    app.add_middleware(AnswerCounter)
     errors.install(app)
+    app.include_router(hand_read_router)
     app.include_router(router)
     app.include_router(dlq.router)
+    app.include_router(health.router)
 
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz(services: ServicesDep) -> JSONResponse:
-        broker_ok = services.broker.ready
-        try:
-            await services.reader.ping()
-            db_ok = True
-        except DatabaseUnavailable:
-            db_ok = False
-        ok = broker_ok and db_ok
-        body: dict[str, object] = {"status": "ok", "broker": broker_ok, "database": db_ok}
-        if not ok:
-            body.update(status="error", msg="not ready: broker or database unreachable")
-        return JSONResponse(
-            body,
-            status_code=200 if ok else 503,
-        )
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        payload, content_type = metrics.exposition()
-        return Response(payload, headers={"Content-Type": content_type})
-
-    lane = HotLane(app, {"/api/relay/send": routes.send, "/api/relay/callback": routes.callback})
-    return AnswerCounter(RequestGuard(lane, max_body=settings.max_body_bytes))
+    hand_read.build_handlers(app)
+    return app

@@ -13,6 +13,7 @@ from services.api.broker import BrokerLink
 from services.api.errors import UNAUTHORIZED, ApiError
 from services.api.limits import Limiter
 from services.api.send_keys import SendKeys
+from shared.contract import API_KEY_HEADER
 from shared.ids import TaskIds
 from shared.readmodel import Reader
 from shared.settings import ApiSettings
@@ -58,8 +59,7 @@ def authenticate(services: Services, request: Request, key: str | None) -> Princ
     return principal
 
 
-KEY_HEADER = "X-Relay-API-Key"
-KeyHeader = Annotated[str | None, Header(alias=KEY_HEADER, include_in_schema=False)]
+KeyHeader = Annotated[str | None, Header(alias=API_KEY_HEADER, include_in_schema=False)]
 
 
 def require(principal: Principal, *scopes: str) -> None:

@@ -6,10 +6,11 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import metrics
+from shared.contract import CALLBACK_PATH, SEND_PATH
 
 _COUNTED: dict[str, Counter] = {
-    "/api/relay/send": metrics.SENDS,
-    "/api/relay/callback": metrics.CALLBACKS_RECEIVED,
+    SEND_PATH: metrics.SENDS,
+    CALLBACK_PATH: metrics.CALLBACKS_RECEIVED,
 }
 
 

@@ -10,10 +10,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
-from services.api import inputs
+from services.api import hand_read
 from services.api.auth import Principal
 from services.api.deps import AckKey, KeyHeader, Services, ServicesDep, authorized, services_of
 from services.api.errors import ApiError
+from services.api.hand_read import HandReadRoute
+from shared.contract import API_PREFIX, FIRST_CALLBACK_HEADER, IDEMPOTENCY_KEY_HEADER, IDENT_PATTERN
 from shared.errors import DatabaseUnavailable
 from shared.ids import TASK_PREFIX, callback_event_id, new_event_id, utcnow
 from shared.readmodel import LogFilter
@@ -33,7 +35,9 @@ from shared.schemas import (
     TaskStatusResponse,
 )
 
-router = APIRouter(prefix="/api/relay")
+router = APIRouter(prefix=API_PREFIX)
+#: Send and callback, the two requests every task makes: their endpoints read their own request.
+hand_read_router = APIRouter(prefix=API_PREFIX, route_class=HandReadRoute)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 503)
 }
@@ -43,27 +47,24 @@ JSON = "application/json"
 FilterText = Annotated[str | None, Field(max_length=128)]
 
 
-IDEMPOTENCY_KEY = "Idempotency-Key"
-_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-_IDEMPOTENCY_KEY = TypeAdapter(Annotated[str | None, StringConstraints(pattern=_KEY_PATTERN)])
-FIRST_CALLBACK = "X-Relay-First-Callback"
+_IDEMPOTENCY_KEY = TypeAdapter(Annotated[str | None, StringConstraints(pattern=IDENT_PATTERN)])
 
 
-@router.post(
+@hand_read_router.post(
     "/send",
     response_model=SendResponse,
     responses=_ERRORS,
-    openapi_extra=inputs.documented(
+    openapi_extra=hand_read.documented(
         SendRequest,
-        {IDEMPOTENCY_KEY: ("A retried send with the same key creates nothing new.",
-                           _KEY_PATTERN)},
+        {IDEMPOTENCY_KEY_HEADER: ("A retried send with the same key creates nothing new.",
+                                  IDENT_PATTERN)},
     ),
 )  # fmt: skip
 async def send(request: Request) -> Response:
     """Send a task to a child pool, or a message; 200 once RabbitMQ confirmed it."""
-    principal = inputs.caller(request, "send")
-    idempotency_key = inputs.header(request, IDEMPOTENCY_KEY, _IDEMPOTENCY_KEY)
-    body = await inputs.body(request, SendRequest)
+    principal = hand_read.caller(request, "send")
+    idempotency_key = hand_read.header(request, IDEMPOTENCY_KEY_HEADER, _IDEMPOTENCY_KEY)
+    body = await hand_read.body(request, SendRequest)
     services = services_of(request)
     if body.from_ != principal.name and not principal.send_as_any:
         raise ApiError(403, f"Forbidden: this key sends as {principal.name!r} only")
@@ -96,8 +97,8 @@ async def send(request: Request) -> Response:
 
 
 def _answer(model: BaseModel, *, exclude_none: bool = False) -> Response:
-    """The answer as JSON: FastAPI would validate a returned model again (its response_model
-    still documents it)."""
+    """The answer as JSON, as the endpoint gives it (its response_model documents it; FastAPI
+    would otherwise validate a returned model again)."""
     return Response(model.model_dump_json(exclude_none=exclude_none), media_type=JSON)
 
 
@@ -149,15 +150,15 @@ async def _known(task_id: str, services: Services, *, reserved: bool = False) ->
     raise ApiError(404, "task not found")
 
 
-@router.post(
+@hand_read_router.post(
     "/callback",
     response_model=CallbackResponse,
     response_model_exclude_none=True,
     responses=_ERRORS,
-    openapi_extra=inputs.documented(
+    openapi_extra=hand_read.documented(
         CallbackRequest,
         {
-            FIRST_CALLBACK: (
+            FIRST_CALLBACK_HEADER: (
                 "`1`: the child never sent a callback for this task before this one.",
                 None,
             )
@@ -171,10 +172,10 @@ async def callback(request: Request) -> Response:
     again under the same event id, which the tracker records once. A child that says this is
     the task's first callback saves the lookup (were it wrong, only `duplicate` goes unsaid).
     """
-    principal = inputs.caller(request, "callback")
-    body = await inputs.body(request, CallbackRequest)
+    principal = hand_read.caller(request, "callback")
+    body = await hand_read.body(request, CallbackRequest)
     services = services_of(request)
-    first = request.headers.get(FIRST_CALLBACK)
+    first = request.headers.get(FIRST_CALLBACK_HEADER)
     if services.ids.issued_at(body.task_id) is None:
         # 404 unless it is a client-chosen id being sent or sent
         await _known(body.task_id, services, reserved=True)

@@ -1,4 +1,4 @@
-"""An ASGI guard in front of the app: body size counted as it streams, and JSON by default."""
+"""Request bodies, before any endpoint: their size bounded, and JSON whatever their Content-Type."""
 
 from __future__ import annotations
 
@@ -8,31 +8,25 @@ from services.api.errors import error_response
 
 # The seed's own curl examples post JSON with curl's default form content type.
 _TREATED_AS_JSON = {b"", b"application/x-www-form-urlencoded", b"text/plain"}
+_WITH_BODY = ("POST", "PUT", "PATCH")
 
 
-class RequestGuard:
-    """Reads the body (413 past `max_body` bytes, whatever Content-Length says), then the app."""
+class BodySizeLimit:
+    """Reads a body whole before the app: 413 past `max_body` bytes, counted as it streams,
+    whatever Content-Length says."""
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:
         self.app = app
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http" or scope["method"] not in _WITH_BODY:
             await self.app(scope, receive, send)
             return
-        headers = []
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
                 await self._refuse(scope, receive, send)
                 return
-            kind = value.split(b";")[0].strip().lower()
-            json_anyway = name == b"content-type" and kind in _TREATED_AS_JSON
-            headers.append((name, b"application/json" if json_anyway else value))
-        if not any(name == b"content-type" for name, _ in headers):
-            headers.append((b"content-type", b"application/json"))
-        scope = {**scope, "headers": headers}
-
         chunks: list[bytes] = []
         received = 0
         more = True
@@ -62,3 +56,23 @@ class RequestGuard:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, f"request body larger than {self.max_body} bytes")
         await response(scope, receive, send)
+
+
+class JsonContentType:
+    """A body sent without a Content-Type, as a form or as text is read as JSON (FastAPI reads
+    a body model only from JSON)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in _WITH_BODY:
+            headers = []
+            for name, value in scope["headers"]:
+                kind = value.split(b";")[0].strip().lower()
+                json_anyway = name == b"content-type" and kind in _TREATED_AS_JSON
+                headers.append((name, b"application/json" if json_anyway else value))
+            if not any(name == b"content-type" for name, _ in headers):
+                headers.append((b"content-type", b"application/json"))
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)

@@ -1,4 +1,4 @@
-"""services/api/guard.py: the ASGI request guard, driven by hand."""
+"""services/api/bodies.py: the body size limit and JSON by default, as ASGI driven by hand."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ from typing import Any
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from services.api.guard import RequestGuard
+from services.api.bodies import BodySizeLimit, JsonContentType
 
 MAX = 100
+
+
+def guard(app: Any, max_body: int) -> BodySizeLimit:
+    """Both, in the order the app adds them: the size first, then the Content-Type."""
+    return BodySizeLimit(JsonContentType(app), max_body=max_body)
 
 
 @dataclass
@@ -95,7 +100,7 @@ async def run(
 ) -> tuple[Inner, Client]:
     inner = inner or Inner()
     client = Client(chunks, **kw)
-    await RequestGuard(inner, max_body=MAX)(scope, client.receive, client.send)
+    await guard(inner, max_body=MAX)(scope, client.receive, client.send)
     return inner, client
 
 
@@ -169,7 +174,7 @@ async def test_client_leaving_mid_body_calls_nothing_and_answers_nothing() -> No
         {"type": "http.disconnect"},
     ]
     inner = Inner()
-    await RequestGuard(inner, max_body=MAX)(http_scope(), client.receive, client.send)
+    await guard(inner, max_body=MAX)(http_scope(), client.receive, client.send)
     assert inner.calls == 0
     assert client.sent == []
 
@@ -234,7 +239,7 @@ async def test_other_methods_pass_untouched(method: str) -> None:
     scope = http_scope(method=method, headers=headers)
     client = Client([b""])
     inner = Inner()
-    await RequestGuard(inner, max_body=MAX)(scope, client.receive, client.send)
+    await guard(inner, max_body=MAX)(scope, client.receive, client.send)
     assert inner.calls == 1
     assert inner.scope is scope
     assert client.status == 200
@@ -253,5 +258,5 @@ async def test_non_http_scopes_pass_untouched() -> None:
         raise AssertionError("the guard must not answer a lifespan scope")
 
     scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
-    await RequestGuard(app, max_body=MAX)(scope, receive, send)
+    await guard(app, max_body=MAX)(scope, receive, send)
     assert seen == [scope]

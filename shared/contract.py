@@ -1,0 +1,24 @@
+"""The HTTP contract's names, in one place: its headers, its paths, and the shape of a name.
+
+The API, the child's callback client, the bench and the tests all read them from here.
+"""
+
+from __future__ import annotations
+
+#: The API key of every request (seed).
+API_KEY_HEADER = "X-Relay-API-Key"
+#: On a send: a retried send with the same key creates nothing new.
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+#: On a callback: `1` when the child never sent a callback for this task before.
+FIRST_CALLBACK_HEADER = "X-Relay-First-Callback"
+
+#: A party's or a pool's name (`from`, `to`, `child_id`, a key's name): 1-64 of these.
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+#: An id (task, conversation, event, run) or an Idempotency-Key: 1-128 of the same.
+IDENT_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+API_PREFIX = "/api/relay"
+SEND_PATH = f"{API_PREFIX}/send"
+CALLBACK_PATH = f"{API_PREFIX}/callback"
+LOGS_PATH = f"{API_PREFIX}/logs"
+TASK_STATUS_PATH = f"{API_PREFIX}/task-status"
