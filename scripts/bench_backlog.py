@@ -27,9 +27,9 @@ import psycopg
 from aio_pika.abc import AbstractChannel
 from local_bus import POOL, LocalBus  # scripts/, beside this file
 
-from cli.bench.run import KEY_HEADER, SEND_PATH
 from cli.processes import BusProcess
 from shared import amqp
+from shared.contract import API_KEY_HEADER, SEND_PATH
 from shared.ids import TaskIds, callback_event_id, derive_secret, utcnow
 from shared.schemas import Event, TaskMessage
 from shared.topology import Declared, Topology, declare_core
@@ -472,7 +472,7 @@ class _Sends:
 
 async def _sender(api: str, key: str, sends: _Sends) -> None:
     """One master with a keep-alive connection of its own: sends the next task until none left."""
-    headers = {KEY_HEADER: key, "Content-Type": "application/json"}
+    headers = {API_KEY_HEADER: key, "Content-Type": "application/json"}
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=1),
         timeout=aiohttp.ClientTimeout(total=30),

@@ -15,10 +15,11 @@ from pydantic import (
     model_validator,
 )
 
+from shared.contract import IDENT_PATTERN, NAME_PATTERN
 from shared.topology import Topology
 
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
-Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Ident = Annotated[str, StringConstraints(pattern=IDENT_PATTERN)]
 Cmd = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Text = Annotated[str, StringConstraints(max_length=100_000)]
 #: Attempts of one task; far above any retry policy, below every database's integer.

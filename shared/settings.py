@@ -11,14 +11,13 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.contract import NAME_PATTERN
 from shared.durations import Duration
 from shared.errors import ConfigError
 from shared.retry import RetryPolicies
 
 #: The key the seed published in its README; accepted only in dev mode.
 SEED_DEV_API_KEY = "lynker_relay_secret_2025"
-
-NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 class BusSettings(BaseSettings):

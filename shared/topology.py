@@ -26,9 +26,10 @@ from typing import Any, Literal
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
 
+from shared.contract import NAME_PATTERN
 from shared.errors import ConfigError
 
-POOL_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+POOL_PATTERN = re.compile(NAME_PATTERN)
 #: `x.parked` or `x.delay.100` as a pool would be pool x's parking lot or delay queue.
 _RESERVED_POOL = re.compile(r"(^|\.)(parked|delay)(\.|$)")
 #: A message delivered this many times without an ack (crash loops) is set aside.

@@ -24,11 +24,9 @@ import aiohttp
 import orjson
 
 from cli.bench.usage import cpu_speed_ms, own_cpu, own_peak_rss, sample
+from shared.contract import API_KEY_HEADER, LOGS_PATH, SEND_PATH
 from shared.errors import BusError
 
-SEND_PATH = "/api/relay/send"
-LOGS_PATH = "/api/relay/logs"
-KEY_HEADER = "X-Relay-API-Key"
 #: The most entries GET /logs returns at once.
 PAGE = 1000
 #: The poller's default pause when the log had nothing new.
@@ -281,7 +279,7 @@ async def _poll(run: _Run, headers: dict[str, str], callbacks: _Feed, dead: _Fee
 
 async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Send the tasks, wait for their completions, and return every figure."""
-    headers = {KEY_HEADER: cfg.key, "Content-Type": "application/json"}
+    headers = {API_KEY_HEADER: cfg.key, "Content-Type": "application/json"}
     load_before = os.getloadavg()[0]
     speed = cpu_speed_ms()
     async with _session(headers, timeout=10) as session:

@@ -8,13 +8,14 @@ from fastapi import APIRouter, Query
 
 from services.api.deps import AdminKey, ServicesDep
 from services.api.errors import ApiError
+from shared.contract import API_PREFIX, NAME_PATTERN
 from shared.schemas import ErrorResponse, Ok
 
-router = APIRouter(prefix="/api/relay/dlq", dependencies=[AdminKey], tags=["parking lots"])
+router = APIRouter(prefix=f"{API_PREFIX}/dlq", dependencies=[AdminKey], tags=["parking lots"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 503)
 }
-PoolQuery = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+PoolQuery = Annotated[str | None, Query(pattern=NAME_PATTERN)]
 
 
 class ParkedList(Ok):

@@ -7,14 +7,11 @@ import logging
 
 import aiohttp
 
+from shared.contract import API_KEY_HEADER, CALLBACK_PATH, FIRST_CALLBACK_HEADER, TASK_STATUS_PATH
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
 from shared.schemas import CallbackRequest, CallbackResponse
 
 log = logging.getLogger(__name__)
-
-API_KEY_HEADER = "X-Relay-API-Key"
-#: Sent with a callback that cannot be a repeat, so the API need not look for an earlier one.
-FIRST_CALLBACK_HEADER = "X-Relay-First-Callback"
 
 
 class CallbackClient:
@@ -30,7 +27,8 @@ class CallbackClient:
         timeout: float = 10.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self.url = api_base.rstrip("/") + "/api/relay/callback"
+        self.api = api_base.rstrip("/")
+        self.url = self.api + CALLBACK_PATH
         self.attempts = attempts
         self.backoff = backoff
         self._headers = {API_KEY_HEADER: api_key, "Content-Type": "application/json"}
@@ -54,7 +52,7 @@ class CallbackClient:
 
         Not `failed`: a replayed task reads `failed` until the tracker applies the replay.
         """
-        url = f"{self.url.removesuffix('/callback')}/task-status/{task_id}"
+        url = f"{self.api}{TASK_STATUS_PATH}/{task_id}"
         try:
             async with self._get_session().get(url, timeout=self._timeout) as response:
                 if response.status != 200:

@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from services.child.callback import API_KEY_HEADER, FIRST_CALLBACK_HEADER, CallbackClient
+from services.child.callback import CallbackClient
+from shared.contract import API_KEY_HEADER, FIRST_CALLBACK_HEADER
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
 from shared.schemas import CallbackRequest
 
