@@ -10,6 +10,8 @@ window alone (50 more a second by default, about 6 % of a core).
 
 from __future__ import annotations
 
+from shared.token_bucket import TokenBucket
+
 #: Early batches that may follow one another before the average rate applies.
 EARLY_BURST = 5.0
 
@@ -19,24 +21,6 @@ def early_rate(batch_wait: float) -> float:
     return 1 / batch_wait if batch_wait > 0 else 0.0
 
 
-class EarlyBudget:
-    """A token bucket of early batches: `rate` a second, up to `burst` saved."""
-
-    def __init__(self, rate: float, burst: float = EARLY_BURST) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = burst
-        self._at: float | None = None
-
-    def available(self, now: float) -> bool:
-        self._refill(now)
-        return self._tokens >= 1
-
-    def take(self, now: float) -> None:
-        self._refill(now)
-        self._tokens = max(self._tokens - 1, 0.0)
-
-    def _refill(self, now: float) -> None:
-        if self._at is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
+def early_batches(batch_wait: float) -> TokenBucket:
+    """The budget of early batches: one per batch window on average, EARLY_BURST saved."""
+    return TokenBucket(early_rate(batch_wait), EARLY_BURST)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.tracker.batching import EarlyBudget, early_rate
+from services.tracker.batching import early_batches
 from services.tracker.lifecycle import Entry
 from services.tracker.queue_stats import QueueWatch
 from services.tracker.retention import pruning
@@ -121,7 +121,7 @@ class Tracker:
         self._connection: AbstractRobustConnection | None = None
         self._engine: AsyncEngine | None = None
         self._subscription: Subscription | None = None
-        self._early = EarlyBudget(early_rate(settings.batch_wait))
+        self._early = early_batches(settings.batch_wait)
         self.ops = OpsServer(settings.ops_host, settings.ops_port, self.readiness)
 
     async def readiness(self) -> dict[str, bool]:
@@ -224,7 +224,7 @@ class Tracker:
             remaining = deadline - now
             if remaining <= 0:
                 break
-            early = 0 < idle < remaining and self._early.available(now)
+            early = 0 < idle < remaining and self._early.wait(now) == 0
             try:
                 batch.append(
                     await asyncio.wait_for(self._inbox.get(), idle if early else remaining)

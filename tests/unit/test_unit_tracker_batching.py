@@ -7,23 +7,30 @@ from typing import cast
 
 from aiormq.abc import DeliveredMessage
 
-from services.tracker.batching import EarlyBudget, early_rate
+from services.tracker.batching import early_batches, early_rate
 from services.tracker.consumer import Tracker
 from shared.settings import TrackerSettings
+from shared.token_bucket import TokenBucket
 
 
 def test_the_budget_starts_full_spends_and_refills_at_its_rate() -> None:
-    budget = EarlyBudget(rate=10, burst=2)
-    assert budget.available(0.0)
-    budget.take(0.0)
-    budget.take(0.0)
-    assert not budget.available(0.0)
-    assert not budget.available(0.05)  # half a token
-    assert budget.available(0.1)
-    assert budget.available(100.0)
+    budget = TokenBucket(rate=10, burst=2)
+    assert budget.wait(0.0) == 0
+    assert budget.take(0.0) == budget.take(0.0) == 0
+    assert budget.wait(0.0) > 0
+    assert budget.wait(0.05) > 0  # half a token
+    assert budget.wait(0.1) == 0
+    assert budget.wait(100.0) == 0
     budget.take(100.0)
     budget.take(100.0)
-    assert not budget.available(100.0)  # never more than the burst saved
+    assert budget.wait(100.0) > 0  # never more than the burst saved
+
+
+def test_the_early_budget_is_a_window_a_second_with_a_burst() -> None:
+    budget = early_batches(0.02)
+    assert (budget.rate, budget.burst) == (50, 5)
+    assert all(budget.take(0.0) == 0 for _ in range(5))
+    assert budget.take(0.0) > 0
 
 
 def _tracker(**settings: float) -> Tracker:
@@ -52,7 +59,7 @@ async def test_events_closer_than_the_idle_gap_share_a_batch() -> None:
 
 async def test_out_of_budget_a_batch_waits_for_its_window() -> None:
     tracker = _tracker(batch_wait=0.5, batch_idle=0.01)
-    tracker._early = EarlyBudget(rate=0, burst=0)
+    tracker._early = TokenBucket(rate=0, burst=0)
     _put_later(tracker, 0, 1)
     _put_later(tracker, 0.1, 2)  # long after the idle gap, within the window
     assert await tracker._next_batch() == [1, 2]
