@@ -11,9 +11,11 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.connection import make_url
 from pydantic import BaseModel
 from yarl import URL
 
+from shared.backoff import Backoff, retry
 from shared.errors import BrokerUnavailable, PublishRefused
 from shared.settings import BusSettings
 
@@ -65,30 +67,39 @@ async def connect(
 ) -> AbstractRobustConnection:
     """A connection that reconnects by itself and restores its channels and declarations."""
     url = amqp_url(settings)
+    connection = aio_pika.RobustConnection(
+        make_url(url), client_properties={"connection_name": name}
+    )
     try:
-        return await aio_pika.connect_robust(
-            url, timeout=timeout, client_properties={"connection_name": name}
-        )
-    except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
-        raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact(url)}: {exc!r}") from exc
+        await connection.connect(timeout=timeout)
+    except BaseException as exc:
+        # Closed, also when cancelled (a service stopping while it connects): its reconnect
+        # loop would otherwise live on and keep the process from exiting.
+        await connection.close()
+        if isinstance(exc, OSError | aiormq.exceptions.AMQPError | TimeoutError):
+            raise BrokerUnavailable(
+                f"cannot connect to RabbitMQ at {redact(url)}: {exc!r}"
+            ) from exc
+        raise
+    return connection
+
+
+#: Waits between attempts to reach RabbitMQ: 1 s, doubling up to 10 s (with jitter).
+RECONNECT = Backoff(first=1.0, factor=2.0, cap=10.0)
 
 
 async def connect_with_retry(
-    settings: BusSettings, name: str, stop: asyncio.Event | None = None, delay: float = 1.0
+    settings: BusSettings, name: str, stop: asyncio.Event | None = None
 ) -> AbstractRobustConnection:
     """Connect, retrying until it works or `stop` is set (then BrokerUnavailable)."""
-    while True:
-        try:
-            return await connect(settings, name)
-        except BrokerUnavailable as exc:
-            log.warning("%s; retrying in %.0f s", exc, delay)
-            if stop is not None and stop.is_set():
-                raise
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait() if stop else asyncio.sleep(delay), delay)
-            if stop is not None and stop.is_set():
-                raise
-            delay = min(delay * 2, 10.0)
+    return await retry(
+        lambda _: connect(settings, name),
+        BrokerUnavailable,
+        RECONNECT,
+        log=log,
+        what="RabbitMQ unreachable",
+        stop=stop,
+    )
 
 
 @contextlib.contextmanager

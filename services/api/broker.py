@@ -11,6 +11,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from shared import amqp, metrics
+from shared.backoff import retry
 from shared.errors import BrokerUnavailable, BusError
 from shared.parking import ParkingLots
 from shared.schemas import Event, TaskMessage
@@ -18,6 +19,9 @@ from shared.settings import ApiSettings
 from shared.topology import Declared, Topology, declare_core, declare_pool
 
 log = logging.getLogger(__name__)
+
+#: What keeps the API from publishing: no broker, or a topology it refuses (406).
+_DECLARE_ERRORS = (BusError, aiormq.exceptions.AMQPError, RuntimeError, OSError)
 
 
 class BrokerLink:
@@ -38,24 +42,29 @@ class BrokerLink:
         self._task = asyncio.create_task(self._connect(), name="broker-connect")
 
     async def _connect(self) -> None:
-        """Connect and declare; on a refused topology, say so and try again (sends get 503)."""
-        while not self._stop.is_set():
-            try:
-                connection = await amqp.connect_with_retry(self.settings, "convbus-api", self._stop)
-            except BrokerUnavailable:
-                return
-            try:
-                channel = await amqp.open_publisher_channel(connection)
-                self._declared = await declare_core(channel, self.topo)
-            except (BusError, aiormq.exceptions.AMQPError, RuntimeError, OSError) as exc:
-                log.error("%s; retrying in 10 s", exc)
-                await connection.close()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 10)
-                continue
-            self._connection, self._channel = connection, channel
+        """Connect and declare, until it works or the API stops (sends get 503 meanwhile); a
+        refused topology is said at error level and tried again."""
+        with contextlib.suppress(*_DECLARE_ERRORS):  # raised only once stopping
+            await retry(
+                self._connect_and_declare,
+                _DECLARE_ERRORS,
+                amqp.RECONNECT,
+                log=log,
+                what="RabbitMQ not ready for the API",
+                stop=self._stop,
+                level=logging.ERROR,
+            )
             log.info("connected to RabbitMQ, namespace %r", self.settings.namespace)
-            return
+
+    async def _connect_and_declare(self, _attempt: int) -> None:
+        connection = await amqp.connect_with_retry(self.settings, "convbus-api", self._stop)
+        try:
+            channel = await amqp.open_publisher_channel(connection)
+            self._declared = await declare_core(channel, self.topo)
+        except BaseException:
+            await connection.close()
+            raise
+        self._connection, self._channel = connection, channel
 
     async def close(self) -> None:
         self._stop.set()

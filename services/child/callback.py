@@ -7,11 +7,17 @@ import logging
 
 import aiohttp
 
+from shared.backoff import Backoff, retry
 from shared.contract import API_KEY_HEADER, CALLBACK_PATH, FIRST_CALLBACK_HEADER, TASK_STATUS_PATH
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
 from shared.schemas import CallbackRequest, CallbackResponse
 
 log = logging.getLogger(__name__)
+
+
+class _Unanswered(Exception):
+    """No 2xx this time, for a reason another try may not have: the API or its database down,
+    a network error, a timeout, 408 or 429."""
 
 
 class CallbackClient:
@@ -30,7 +36,8 @@ class CallbackClient:
         self.api = api_base.rstrip("/")
         self.url = self.api + CALLBACK_PATH
         self.attempts = attempts
-        self.backoff = backoff
+        #: The wait after each failed attempt: `backoff`, then twice that each time (the seed's).
+        self.backoff = Backoff(first=backoff, factor=2.0, cap=None)
         self._headers = {API_KEY_HEADER: api_key, "Content-Type": "application/json"}
         self._first_headers = {**self._headers, FIRST_CALLBACK_HEADER: "1"}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -63,12 +70,12 @@ class CallbackClient:
         return isinstance(body, dict) and body.get("task_status") == "completed"
 
     def delays(self) -> list[float]:
-        """Seconds to wait after each failed attempt: backoff, twice that, four times, ...
+        """Seconds to wait after each failed attempt, before jitter: backoff, twice that, ...
 
         As in the seed, the wait follows every failure, the last included: a task whose
         callback failed goes back to the queue no sooner than that.
         """
-        return [self.backoff * 2**i for i in range(self.attempts)]
+        return [self.backoff.base(n) for n in range(1, self.attempts + 1)]
 
     async def send(self, body: CallbackRequest, *, first: bool = False) -> bool:
         """POST until a 2xx; True if the API called it a duplicate.
@@ -80,34 +87,40 @@ class CallbackClient:
         CallbackFailed when every attempt failed.
         """
         data = body.model_dump_json(exclude_none=True).encode()
-        last = ""
-        for attempt, delay in enumerate(self.delays(), start=1):
-            try:
-                headers = self._first_headers if first and attempt == 1 else self._headers
-                async with self._get_session().post(
-                    self.url, data=data, headers=headers, timeout=self._timeout
-                ) as response:
-                    text = await response.text()
-                    if 200 <= response.status < 300:
-                        return _is_duplicate(text)
-                    if response.status == 404:
-                        raise UnknownTask(
-                            f"the API does not know task {body.task_id}: {text[:200]}"
-                        )
-                    if 400 <= response.status < 500 and response.status not in (408, 429):
-                        raise CallbackRefused(f"HTTP {response.status}: {text[:500]}")
-                    last = f"HTTP {response.status}: {text[:200]}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = repr(exc)
-            log.warning(
-                "callback for %s failed (attempt %d/%d): %s",
-                body.task_id,
-                attempt,
-                self.attempts,
-                last,
+        try:
+            return await retry(
+                lambda n: self._post(data, body.task_id, first=first and n == 1),
+                _Unanswered,
+                self.backoff,
+                log=log,
+                what=f"callback for {body.task_id} failed",
+                attempts=self.attempts,
             )
-            await asyncio.sleep(delay)
-        raise CallbackFailed(f"callback for {body.task_id} failed {self.attempts} times: {last}")
+        except _Unanswered as exc:
+            n = self.attempts
+            log.warning("callback for %s failed (attempt %d/%d): %s", body.task_id, n, n, exc)
+            await asyncio.sleep(self.backoff.wait(self.attempts))
+            raise CallbackFailed(
+                f"callback for {body.task_id} failed {self.attempts} times: {exc}"
+            ) from exc
+
+    async def _post(self, data: bytes, task_id: str, *, first: bool) -> bool:
+        """One POST: whether the API called it a duplicate; _Unanswered if another may work."""
+        headers = self._first_headers if first else self._headers
+        try:
+            async with self._get_session().post(
+                self.url, data=data, headers=headers, timeout=self._timeout
+            ) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Unanswered(repr(exc)) from exc
+        if 200 <= response.status < 300:
+            return _is_duplicate(text)
+        if response.status == 404:
+            raise UnknownTask(f"the API does not know task {task_id}: {text[:200]}")
+        if 400 <= response.status < 500 and response.status not in (408, 429):
+            raise CallbackRefused(f"HTTP {response.status}: {text[:500]}")
+        raise _Unanswered(f"HTTP {response.status}: {text[:200]}")
 
 
 def _is_duplicate(text: str) -> bool:

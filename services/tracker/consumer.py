@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -12,7 +11,6 @@ from collections.abc import Sequence
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.batching import early_batches
@@ -22,6 +20,7 @@ from services.tracker.retention import pruning
 from services.tracker.store import BadBatch, Store
 from services.tracker.subscription import Subscription
 from shared import amqp, metrics
+from shared.backoff import Backoff, retry
 from shared.db import make_engine
 from shared.errors import BrokerUnavailable, DatabaseUnavailable
 from shared.ids import utcnow
@@ -122,6 +121,8 @@ class Tracker:
         self._engine: AsyncEngine | None = None
         self._subscription: Subscription | None = None
         self._early = early_batches(settings.batch_wait)
+        #: While the database is down: a try every RELAY_DB_RETRY seconds (with jitter).
+        self._db_backoff = Backoff(first=settings.db_retry, factor=1.0)
         self.ops = OpsServer(settings.ops_host, settings.ops_port, self.readiness)
 
     async def readiness(self) -> dict[str, bool]:
@@ -190,15 +191,18 @@ class Tracker:
     async def _wait_for_schema(self, store: Store) -> bool:
         """Check the schema is current once the database answers (ConfigError if it is not);
         False if stopped before that."""
-        while not self.stop.is_set():
-            try:
-                await require_current(store.engine)
-                return True
-            except (DatabaseUnavailable, SQLAlchemyError, OSError) as exc:
-                log.warning("database not ready (%s); retrying", exc.__class__.__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), self.settings.db_retry)
-        return False
+        try:
+            await retry(
+                lambda _: require_current(store.engine),
+                DatabaseUnavailable,
+                self._db_backoff,
+                log=log,
+                what="database not ready",
+                stop=self.stop,
+            )
+        except DatabaseUnavailable:
+            return False  # stopped
+        return True
 
     async def _next_batch(self) -> list[DeliveredMessage]:
         """The next messages: waits for the first, then for more until the batch is full,
@@ -267,21 +271,27 @@ class Tracker:
 
     async def _write(self, store: Store, entries: Sequence[Entry]) -> None:
         """Write, waiting out a database outage; raises BadBatch, or _Stopping if stopped."""
-        while True:
-            try:
-                started = time.perf_counter()
-                written = await store.write(entries)
-                metrics.TRACKER_WRITE.observe(time.perf_counter() - started)
-                metrics.TRACKER_EVENTS.inc(written)
-                self.written += written
-                return
-            except DatabaseUnavailable as exc:
-                log.warning("%s; holding %d events unacked", exc, len(entries))
-                if self.stop.is_set():
-                    # Unacked: RabbitMQ hands them to the next tracker when this one closes.
-                    raise _Stopping from exc
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), self.settings.db_retry)
+
+        async def write(_attempt: int) -> int:
+            started = time.perf_counter()
+            written = await store.write(entries)
+            metrics.TRACKER_WRITE.observe(time.perf_counter() - started)
+            return written
+
+        try:
+            written = await retry(
+                write,
+                DatabaseUnavailable,
+                self._db_backoff,
+                log=log,
+                what=f"holding {len(entries)} events unacked",
+                stop=self.stop,
+            )
+        except DatabaseUnavailable as exc:
+            # Unacked: RabbitMQ hands them to the next tracker when this one closes.
+            raise _Stopping from exc
+        metrics.TRACKER_EVENTS.inc(written)
+        self.written += written
 
 
 async def _ack_batch(messages: Sequence[DeliveredMessage]) -> None:
