@@ -28,7 +28,19 @@ def settings(cls: type[S]) -> S:
     try:
         return cls()
     except ValidationError as exc:
-        raise CommandError(f"invalid settings: {exc}") from exc
+        raise CommandError(f"invalid settings: {_one_line(exc, cls)}") from exc
+
+
+def _one_line(exc: ValidationError, cls: type[BusSettings]) -> str:
+    """Each error as `VARIABLE: what is wrong (got 'value')`, on one line."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    said = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = f"{prefix}{field}".upper() if field in cls.model_fields else field
+        got = f" (got {error['input']!r:.80})" if isinstance(error["input"], str) else ""
+        said.append(f"{name}: {error['msg']}{got}")
+    return "; ".join(said)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

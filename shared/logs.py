@@ -85,6 +85,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class _OneLinePerRetry(logging.Filter):
+    """aiormq logs every failed connection attempt at error level, and then the attempt's
+    owner says it again: the bus's connect loop (shared/amqp.py) or aio-pika's reconnect loop.
+    One line per retry: aiormq's is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error when creating transport")
+
+
 def setup_logging(level: str = "INFO", service: str = "convbus", fmt: str = "text") -> None:
     """Log to stderr in the given format (`text` or `json`), naming the service."""
     handler = logging.StreamHandler()
@@ -94,4 +103,5 @@ def setup_logging(level: str = "INFO", service: str = "convbus", fmt: str = "tex
     # aio-pika logs every reconnect attempt at length; the services log their own summary.
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
     logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("aiormq.connection").addFilter(_OneLinePerRetry())
     logging.getLogger("alembic").setLevel(logging.WARNING)

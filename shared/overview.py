@@ -20,6 +20,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from shared.amqp import redact
 from shared.errors import BrokerUnavailable, ConfigError
 from shared.settings import BusSettings
 from shared.topology import Topology
@@ -76,7 +77,7 @@ def management_endpoint(settings: BusSettings) -> ManagementEndpoint:
         url = URL(settings.management_url.get_secret_value())
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(
-                f"RELAY_MANAGEMENT_URL must be an http:// or https:// URL, not {_redact(url)!r}"
+                f"RELAY_MANAGEMENT_URL must be an http:// or https:// URL, not {redact(url)!r}"
             )
     else:
         url = URL.build(scheme="http", host=amqp.host or "127.0.0.1", port=MANAGEMENT_PORT)
@@ -86,10 +87,6 @@ def management_endpoint(settings: BusSettings) -> ManagementEndpoint:
         login, password = amqp.user or "guest", amqp.password or "guest"
     base = url.with_user(None).with_query(None).with_fragment(None)
     return ManagementEndpoint(base=base, login=login, password=password, vhost=vhost)
-
-
-def _redact(url: URL) -> str:
-    return str(url.with_password("***") if url.password else url)
 
 
 @dataclass(frozen=True)
