@@ -39,7 +39,7 @@ def header_text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def first_death(headers: dict[str, Any]) -> dict[str, Any]:
+def newest_death(headers: dict[str, Any]) -> dict[str, Any]:
     """RabbitMQ's newest x-death record of a dead-lettered message ({} when there is none)."""
     deaths = headers.get("x-death")
     if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):

@@ -48,7 +48,7 @@ class Parked:
 def _describe(pool: str, message: AbstractIncomingMessage) -> Parked:
     headers = message.headers or {}
     reason = amqp.header_text(headers.get(amqp.DEAD_REASON_HEADER)) or (
-        "dead-lettered: " + amqp.header_text(amqp.first_death(headers).get("reason"))
+        "dead-lettered: " + amqp.header_text(amqp.newest_death(headers).get("reason"))
     )
     attempt = headers.get(amqp.ATTEMPT_HEADER)
     replays = headers.get(amqp.REPLAYS_HEADER, 0)

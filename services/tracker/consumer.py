@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.batching import early_batches
 from services.tracker.lifecycle import Entry
+from services.tracker.pruning import pruning
 from services.tracker.queue_stats import QueueWatch
-from services.tracker.retention import pruning
 from services.tracker.store import BadBatch, Store
 from services.tracker.subscription import Subscription
 from shared import amqp, metrics
@@ -62,7 +62,7 @@ def parked_event(message: DeliveredMessage) -> Event:
     """
     properties = message.header.properties
     headers = properties.headers or {}
-    death = amqp.first_death(headers)
+    death = amqp.newest_death(headers)
     death_reason = amqp.header_text(death.get("reason"))
     reason = amqp.header_text(headers.get(amqp.DEAD_REASON_HEADER)) or _DEATH_REASONS.get(
         death_reason, f"dead-lettered: {death_reason}"

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.api.send_keys import SendKeys
 from services.tracker.lifecycle import Entry
-from services.tracker.retention import pruning
+from services.tracker.pruning import pruning
 from services.tracker.store import Store
 from shared.db import make_engine
 from shared.errors import DatabaseUnavailable
@@ -270,7 +270,7 @@ async def test_the_tracker_prunes_periodically_and_survives_a_database_error(
     empty_database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     database_url = empty_database_url
-    caplog.set_level(logging.INFO, logger="services.tracker.retention")
+    caplog.set_level(logging.INFO, logger="services.tracker.pruning")
     settings = TrackerSettings.model_validate(
         {"database_url": database_url, "prune_after": "30d", "prune_every": "0.1s"}
     )
