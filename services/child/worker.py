@@ -7,21 +7,19 @@ import contextlib
 import enum
 import logging
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from pydantic import ValidationError
 
 from services.child.callback import CallbackClient
 from services.child.handlers import Registry
+from services.child.run_events import Run, RunEvents
 from services.child.state import FinishedTasks
 from shared import amqp, metrics
 from shared.errors import (
     BrokerUnavailable,
-    BusError,
     CallbackFailed,
     CallbackRefused,
     ConfigError,
@@ -29,11 +27,11 @@ from shared.errors import (
     RetryLater,
     UnknownTask,
 )
-from shared.ids import new_event_id, new_run_id, processing_event_id, utcnow
+from shared.ids import new_event_id, utcnow
 from shared.logs import task_context
 from shared.ops import OpsServer
 from shared.retry import RetryPolicy
-from shared.schemas import CallbackRequest, Event, TaskMessage
+from shared.schemas import CallbackRequest, TaskMessage
 from shared.settings import ChildSettings
 from shared.topology import Declared, Topology, declare_core, declare_delay, declare_pool
 
@@ -96,6 +94,7 @@ class Worker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._publisher: AbstractChannel | None = None
         self._declared: Declared | None = None
+        self._events: RunEvents | None = None
         self._connection: AbstractRobustConnection | None = None
         self._consuming = False
         self.done = 0
@@ -142,6 +141,13 @@ class Worker:
     async def _serve(self, connection: AbstractRobustConnection) -> None:
         self._publisher = await amqp.open_publisher_channel(connection)
         self._declared = await declare_core(self._publisher, self.topo)
+        self._events = RunEvents(
+            self._declared,
+            self.topo,
+            self.child_id,
+            timeout=self.settings.callback_timeout,
+            processing_after=self.settings.processing_after,
+        )
         consumer = await connection.channel()
         await consumer.set_qos(prefetch_count=self.settings.prefetch)
         queue = await declare_pool(
@@ -213,28 +219,29 @@ class Worker:
                 log.info("task %s is completed on the bus; not running it again", task.task_id)
                 self._count["skipped"].inc()
                 return Verdict.ACK
-            run = _Run(attempt)
-            announcer = asyncio.create_task(self._announce(task, run))
+            events = self._run_events()
+            run = Run(attempt)
+            pending = events.processing_when_slow(task, run)
             try:
                 outcome = await self._run_handler(task, policy)
             except _Retry as retry:
-                await self._end_announcement(announcer, task, run, publish=True)
+                await events.end(pending, task, run, publish=True)
                 return await self._retry_or_park(message, task, attempt, policy, retry)
             finally:
-                if not run.announced:  # a publish under way is left to finish
-                    announcer.cancel()
-            await self._end_announcement(announcer, task, run, publish=False)
+                if not run.processing_published:  # a publish under way is left to finish
+                    pending.cancel()
+            await events.end(pending, task, run, publish=False)
             outcome = outcome.model_copy(update=run.fields())
             self.finished.put(outcome)
         started = time.perf_counter()
         try:
             status = await self._call_back(task, outcome, first=first)
         except UnknownTask as exc:
-            await self._announce_now(task, outcome)
+            await self._run_events().processing_of(task, outcome)
             return await self._park(message, task, attempt, str(exc))
         except CallbackFailed as exc:
             self._callback_failures.inc()
-            await self._announce_now(task, outcome)
+            await self._run_events().processing_of(task, outcome)
             return await self._retry_or_park(message, task, attempt, policy, _Retry(str(exc)))
         finally:
             self._callback_seconds.observe(time.perf_counter() - started)
@@ -326,19 +333,7 @@ class Worker:
         log.info("task %s: attempt %d failed; retry at %s", task.task_id, attempt, next_at)
         # Best effort, like `processing`: the retry itself is already safe in the delay queue,
         # and requeueing the delivery now would run the task twice.
-        await self._publish_event_softly(
-            Event(
-                event_id=new_event_id(),
-                event="retry",
-                ts=utcnow(),
-                task_id=task.task_id,
-                conversation_id=task.conversation_id,
-                child_id=self.child_id,
-                attempt=attempt,
-                error=retry.reason[:10_000],
-                next_at=next_at,
-            )
-        )
+        await self._run_events().retried(task, attempt, retry.reason, next_at)
         return Verdict.ACK
 
     async def _park(
@@ -364,70 +359,9 @@ class Worker:
         self._count["parked"].inc()
         return Verdict.ACK
 
-    async def _announce(self, task: TaskMessage, run: _Run) -> None:
-        """Publish the run's `processing` event once the handler has run `processing_after`.
-
-        A faster run's callback carries the run instead, and the tracker writes the same entry.
-        """
-        # Even with no wait, the announcement goes through the loop once, so a handler that
-        # never yields finishes first: _end_announcement then publishes it (processing_after 0).
-        if self.settings.processing_after > 0:
-            await asyncio.sleep(self.settings.processing_after)
-        run.announced = True
-        await self._publish_processing(task, run.attempt, run.run_id, run.started_at)
-
-    async def _end_announcement(
-        self, announcer: asyncio.Task[None], task: TaskMessage, run: _Run, *, publish: bool
-    ) -> None:
-        """Cancel a `processing` event still waiting, or (`publish`) publish it now."""
-        if not run.announced:
-            announcer.cancel()
-        await asyncio.wait({announcer})  # a publish under way finishes: events keep their order
-        if not announcer.cancelled() and (exc := announcer.exception()) is not None:
-            log.warning("could not publish processing for %s: %r", task.task_id, exc)
-        if (publish or self.settings.processing_after == 0) and not run.announced:
-            run.announced = True
-            await self._publish_processing(task, run.attempt, run.run_id, run.started_at)
-
-    async def _announce_now(self, task: TaskMessage, outcome: CallbackRequest) -> None:
-        """Publish the run's `processing` event before a retry or parking, which the tracker
-        records without one; a duplicate of an earlier one is recorded once."""
-        if outcome.run_id is not None and outcome.started_at is not None:
-            attempt = outcome.attempt or 1
-            await self._publish_processing(task, attempt, outcome.run_id, outcome.started_at)
-
-    async def _publish_processing(
-        self, task: TaskMessage, attempt: int, run_id: str, started_at: datetime
-    ) -> None:
-        """Tell the tracker the task started; best effort (the completion is what counts)."""
-        event = Event(
-            event_id=processing_event_id(task.task_id, run_id),
-            event="processing",
-            ts=started_at,
-            task_id=task.task_id,
-            conversation_id=task.conversation_id,
-            child_id=self.child_id,
-            attempt=attempt,
-        )
-        await self._publish_event_softly(event)
-
-    async def _publish_event_softly(self, event: Event) -> None:
-        """Publish an event whose loss costs only detail in the log."""
-        try:
-            await self._publish_event(event)
-        except BusError as exc:
-            log.warning("could not publish %s for %s: %s", event.event, event.task_id, exc)
-
-    async def _publish_event(self, event: Event) -> None:
-        assert self._declared is not None
-        await amqp.publish(
-            self._declared.events,
-            self.topo.event_routing_key(event.event),
-            event,
-            event.event_id,
-            timeout=self.settings.callback_timeout,
-            message_type="event",
-        )
+    def _run_events(self) -> RunEvents:
+        assert self._events is not None, "set before consuming"
+        return self._events
 
     async def _settle(self, message: AbstractIncomingMessage, verdict: Verdict) -> None:
         """The one place a delivery is acked, parked or requeued; a failed ack is logged."""
@@ -447,19 +381,6 @@ class Worker:
                 message.message_id,
                 exc,
             )
-
-
-@dataclass
-class _Run:
-    """One run of a handler: what its `processing` entry says, and whether it was published."""
-
-    attempt: int
-    run_id: str = field(default_factory=new_run_id)
-    started_at: datetime = field(default_factory=utcnow)
-    announced: bool = False
-
-    def fields(self) -> dict[str, Any]:
-        return {"attempt": self.attempt, "run_id": self.run_id, "started_at": self.started_at}
 
 
 def _failed(task: TaskMessage, child_id: str, error: str) -> CallbackRequest:
