@@ -1,1 +1,1 @@
-"""The three services of the bus (api, child, tracker) and the `convbus` command."""
+"""The three services of the bus: api, child, tracker (the `convbus` command is in cli/)."""
