@@ -135,13 +135,23 @@ class DelayQueue:
     messages: int
 
 
-@dataclass
-class PoolOverview:
-    pool: str
+@dataclass(kw_only=True)
+class QueueCounts:
+    """A queue as an operator reads it, with its parking lot: messages ready, delivered and
+    not yet acknowledged, its consumers, and the messages set aside in its parking lot."""
+
     ready: int = 0
     unacked: int = 0
     consumers: int = 0
     parked: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in ("ready", "unacked", "consumers", "parked")}
+
+
+@dataclass
+class PoolOverview(QueueCounts):
+    pool: str
     delays: list[DelayQueue] = field(default_factory=list)
 
     @property
@@ -149,40 +159,20 @@ class PoolOverview:
         return sum(d.messages for d in self.delays)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "ready": self.ready,
-            "unacked": self.unacked,
-            "consumers": self.consumers,
-            "parked": self.parked,
-            "retrying": self.retrying,
-            "delays": [
-                {"queue": d.queue, "delay_ms": d.delay_ms, "messages": d.messages}
-                for d in self.delays
-            ],
-        }
+        delays = [{"queue": d.queue, "delay_ms": d.delay_ms, "messages": d.messages}
+                  for d in self.delays]  # fmt: skip
+        return {**self.counts(), "retrying": self.retrying, "delays": delays}
 
 
 @dataclass
-class TrackerOverview:
-    ready: int = 0
-    unacked: int = 0
-    consumers: int = 0
-    #: Messages the tracker could not read, set aside.
-    parked: int = 0
-
+class TrackerOverview(QueueCounts):
     @property
     def lag(self) -> int:
         """Messages in the tracker's queue: sends and events not yet in its database."""
         return self.ready + self.unacked
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "lag": self.lag,
-            "ready": self.ready,
-            "unacked": self.unacked,
-            "consumers": self.consumers,
-            "parked": self.parked,
-        }
+        return {"lag": self.lag, **self.counts()}
 
 
 @dataclass

@@ -187,19 +187,8 @@ async def callback(request: Request) -> Response:
     except DatabaseUnavailable:
         pass  # the database is down: publish anyway, the tracker keeps one completion
 
-    event = Event(
-        event_id=event_id,
-        event="callback",
-        ts=utcnow(),
-        task_id=body.task_id,
-        child_id=body.child_id,
-        status=body.status,
-        result=body.result,
-        error=body.error,
-        attempt=body.attempt,
-        run_id=body.run_id,
-        started_at=body.started_at,
-    )
+    # Every field of the callback is a field of its event, under the same name.
+    event = Event(event_id=event_id, event="callback", ts=utcnow(), **dict(body))
     await services.broker.publish_event(event)
     return _answer(CallbackResponse(), exclude_none=True)
 
@@ -296,17 +285,8 @@ async def logs(services: ServicesDep, q: Annotated[LogQuery, Query()]) -> Respon
     """The last `limit` log entries, oldest first; or, with `after`, the next ones."""
     if not 1 <= q.limit <= MAX_LOG_LIMIT:
         raise ApiError(400, f"limit must be an integer from 1 to {MAX_LOG_LIMIT}")
-    rows = await services.reader.logs(
-        LogFilter(
-            limit=q.limit,
-            task_id=q.task_id,
-            conversation_id=q.conversation_id,
-            sender=q.from_,
-            recipient=q.to,
-            event=q.event,
-            after=q.after,
-        )
-    )
+    where = q.model_dump(exclude={"from_", "to"})
+    rows = await services.reader.logs(LogFilter(**where, sender=q.from_, recipient=q.to))
     # Up to 1000 entries: FastAPI would validate them again, then encode them with json.dumps.
     return _answer(LogsResponse(logs=[_entry(r) for r in rows]))
 

@@ -52,16 +52,11 @@ class SendKeys:
         self, key: str, task_id: str, body_hash: str, now: datetime, pool: str | None = None
     ) -> bool:
         """Record a client's send key; False if it was recorded already."""
+        row = {"key": key, "task_id": task_id, "body_hash": body_hash, "confirmed": False,
+               "created_at": now, "pool": pool}  # fmt: skip
         stmt = (
             self._insert(_KEYS)
-            .values(
-                key=key,
-                task_id=task_id,
-                body_hash=body_hash,
-                confirmed=False,
-                created_at=now,
-                pool=pool,
-            )
+            .values(row)
             .on_conflict_do_nothing(index_elements=["key"])
             .returning(_KEYS.c.key)
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import aiohttp
 
@@ -87,14 +88,14 @@ class CallbackClient:
         CallbackFailed when every attempt failed.
         """
         data = body.model_dump_json(exclude_none=True).encode()
+
+        def post(attempt: int) -> Awaitable[bool]:
+            return self._post(data, body.task_id, first=first and attempt == 1)
+
+        what = f"callback for {body.task_id} failed"
         try:
             return await retry(
-                lambda n: self._post(data, body.task_id, first=first and n == 1),
-                _Unanswered,
-                self.backoff,
-                log=log,
-                what=f"callback for {body.task_id} failed",
-                attempts=self.attempts,
+                post, _Unanswered, self.backoff, log=log, what=what, attempts=self.attempts
             )
         except _Unanswered as exc:
             n = self.attempts

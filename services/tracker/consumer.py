@@ -278,14 +278,10 @@ class Tracker:
             metrics.TRACKER_WRITE.observe(time.perf_counter() - started)
             return written
 
+        what = f"holding {len(entries)} events unacked"
         try:
             written = await retry(
-                write,
-                DatabaseUnavailable,
-                self._db_backoff,
-                log=log,
-                what=f"holding {len(entries)} events unacked",
-                stop=self.stop,
+                write, DatabaseUnavailable, self._db_backoff, log=log, what=what, stop=self.stop
             )
         except DatabaseUnavailable as exc:
             # Unacked: RabbitMQ hands them to the next tracker when this one closes.

@@ -14,6 +14,11 @@ from typing import Any
 from shared.ids import processing_event_id
 from shared.schemas import FINAL_STATES, Event, TaskMessage
 
+#: The fields of a send and of an event that the log keeps in columns of their own (or
+#: leaves out: a callback's run id), not in `data`.
+_TASK_COLUMNS = {"task_id", "from_", "to", "conversation_id", "created_at"}
+_EVENT_COLUMNS = {"task_id", "from_", "to", "conversation_id", "event_id", "event", "ts", "run_id"}
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -31,47 +36,32 @@ class Entry:
 
     @classmethod
     def from_task(cls, task: TaskMessage) -> Entry:
-        return cls(
-            event_id=task.task_id,
-            event="send",
-            ts=task.created_at,
-            task_id=task.task_id,
-            conversation_id=task.conversation_id,
-            sender=task.from_,
-            recipient=task.to,
-            data=task.model_dump(
-                mode="json",
-                exclude_none=True,
-                exclude={"task_id", "from_", "to", "conversation_id", "created_at"},
-            ),
-            source=task,
-        )
+        return cls._of(task, task.task_id, "send", task.created_at, _TASK_COLUMNS)
 
     @classmethod
     def from_event(cls, event: Event) -> Entry:
+        return cls._of(event, event.event_id, event.event, event.ts, _EVENT_COLUMNS)
+
+    @classmethod
+    def _of(
+        cls,
+        source: TaskMessage | Event,
+        event_id: str,
+        event: str,
+        ts: datetime,
+        columns: set[str],
+    ) -> Entry:
+        """The entry of a task's send or of an event: its own columns, the rest as `data`."""
         return cls(
-            event_id=event.event_id,
-            event=event.event,
-            ts=event.ts,
-            task_id=event.task_id,
-            conversation_id=event.conversation_id,
-            sender=event.from_,
-            recipient=event.to,
-            data=event.model_dump(
-                mode="json",
-                exclude_none=True,
-                exclude={
-                    "event_id",
-                    "event",
-                    "ts",
-                    "task_id",
-                    "from_",
-                    "to",
-                    "conversation_id",
-                    "run_id",
-                },
-            ),
-            source=event,
+            event_id=event_id,
+            event=event,
+            ts=ts,
+            task_id=source.task_id,
+            conversation_id=source.conversation_id,
+            sender=source.from_,
+            recipient=source.to,
+            data=source.model_dump(mode="json", exclude_none=True, exclude=columns),
+            source=source,
         )
 
     def run_started(self) -> Entry | None:
@@ -192,44 +182,25 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
         return _with(row, attempts=attempts) if attempts != row.attempts else row
     if source.event in ("processing", "retry") and (source.attempt or 0) < row.attempts:
         return _with(row, updated_at=updated)  # news of an earlier attempt, overtaken
+    # What each event sets, besides its time and the count of attempts.
+    changes: dict[str, Any]
     if source.event == "processing":
-        return _with(
-            row,
-            updated_at=updated,
-            state="processing",
-            attempts=attempts,
-            child_id=source.child_id,
-            next_attempt_at=None,
-        )
-    if source.event == "retry":
-        return _with(
-            row,
-            updated_at=updated,
-            state="retrying",
-            attempts=attempts,
-            error=source.error,
-            next_attempt_at=source.next_at,
-        )
-    if source.event == "callback":
-        return _with(
-            row,
-            updated_at=updated,
-            state="completed" if source.status == "done" else "failed",
-            attempts=max(attempts, 1),
-            child_id=source.child_id or row.child_id,
-            result=source.result,
-            error=source.error,
-            completed_at=entry.ts,
-            next_attempt_at=None,
-        )
-    if source.event == "dead":
-        return _with(
-            row,
-            updated_at=updated,
-            state="failed",
-            attempts=attempts,
-            error=source.error,
-            completed_at=entry.ts,
-            next_attempt_at=None,
-        )
-    return _with(row, updated_at=updated)
+        changes = {"state": "processing", "child_id": source.child_id, "next_attempt_at": None}
+    elif source.event == "retry":
+        changes = {"state": "retrying", "error": source.error, "next_attempt_at": source.next_at}
+    elif source.event == "callback":
+        changes = {
+            "state": "completed" if source.status == "done" else "failed",
+            "attempts": max(attempts, 1),  # a callback is an attempt, whatever it says
+            "child_id": source.child_id or row.child_id,
+            "result": source.result,
+            "error": source.error,
+            "completed_at": entry.ts,
+            "next_attempt_at": None,
+        }
+    elif source.event == "dead":
+        changes = {"state": "failed", "error": source.error, "completed_at": entry.ts,
+                   "next_attempt_at": None}  # fmt: skip
+    else:
+        return _with(row, updated_at=updated)
+    return _with(row, **{"updated_at": updated, "attempts": attempts, **changes})
