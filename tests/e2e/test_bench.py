@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import FAST_RETRY, Bus, free_port
+from cli.processes import free_port
 from tests.e2e.test_flow import send_task
+from tests.support.bus import FAST_RETRY, Bus
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 

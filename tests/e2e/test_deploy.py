@@ -21,10 +21,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
+from cli.processes import free_port
 from shared.settings import SEED_DEV_API_KEY
 from tests.compose_config import COMPOSE, command_of, compose_config, env_example
-from tests.conftest import Bus, Namespace, Proc, free_port, running, wait_for
 from tests.e2e.test_flow import status
+from tests.support.bus import Bus, Namespace, Proc, running, wait_for
 
 pytestmark = pytest.mark.parametrize("empty_database_url", ["postgresql"], indirect=True)
 

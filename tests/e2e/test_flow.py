@@ -12,7 +12,7 @@ import pytest
 from services.api.send_keys import SendKeys
 from shared.db import make_engine
 from shared.ids import utcnow
-from tests.conftest import API_KEY, Bus, wait_for
+from tests.support.bus import API_KEY, Bus, wait_for
 
 AUTH = {"X-Relay-API-Key": API_KEY}
 
@@ -308,7 +308,7 @@ def test_api_answers_503_quickly_when_the_broker_is_down(bus: Bus) -> None:
 
 
 def _closed_port() -> int:
-    from tests.conftest import free_port
+    from cli.processes import free_port
 
     return free_port()
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pika
 
-from tests.conftest import API_KEY, Bus, Namespace, wait_for
+from tests.support.bus import API_KEY, Bus, Namespace, wait_for
 
 POOL = "foreign"
 CHILD_ID = "foreign-1"

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Bus
+from tests.support.bus import API_KEY, Bus
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

@@ -8,8 +8,9 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import FAST_RETRY, Bus, Proc, free_port, wait_for
+from cli.processes import free_port
 from tests.e2e.test_flow import finished, send, send_task
+from tests.support.bus import FAST_RETRY, Bus, Proc, wait_for
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 

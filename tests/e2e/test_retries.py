@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Bus, wait_for
 from tests.e2e.test_flow import finished, logs, logs_at_least, record, send, send_task
+from tests.support.bus import API_KEY, Bus, wait_for
 
 AUTH = {"X-Relay-API-Key": API_KEY}
 

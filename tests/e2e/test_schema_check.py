@@ -9,9 +9,10 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from cli.processes import free_port
 from shared.db import migration_engine
 from shared.migrate import head
-from tests.conftest import Bus, Namespace, free_port, http_ready, running, wait_for
+from tests.support.bus import Bus, Namespace, http_ready, running, wait_for
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from shared.topology import Topology
-from tests.conftest import API_KEY, Bus, wait_for
+from tests.support.bus import API_KEY, Bus, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import Bus, http_ready, wait_for
+from tests.support.bus import Bus, http_ready, wait_for
 
 SEED_KEY = "lynker_relay_secret_2025"
 

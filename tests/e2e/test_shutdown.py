@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Bus, wait_for
 from tests.e2e.test_flow import finished, logs, send_task
+from tests.support.bus import Bus, wait_for
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

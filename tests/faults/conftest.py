@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from cli.processes import free_port
 from shared.db import sync_url
-from tests.conftest import Bus, Namespace, free_port, migrated, running, unavailable, wait_for
+from tests.support.bus import Bus, Namespace, migrated, running, unavailable, wait_for
 
 
 def _port_open(port: int) -> bool:

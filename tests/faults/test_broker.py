@@ -10,9 +10,9 @@ import httpx
 import pika.exceptions
 import pytest
 
-from tests.conftest import Bus, wait_for
 from tests.e2e.test_flow import finished, send, send_task
 from tests.faults.conftest import PrivateRabbit, assert_exactly_once, one_consumer
+from tests.support.bus import Bus, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

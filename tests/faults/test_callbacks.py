@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from tests.conftest import Bus, wait_for
 from tests.e2e.test_flow import finished, record, send_task
 from tests.faults.conftest import assert_exactly_once, ledger
 from tests.faults.proxy import callback_proxy
+from tests.support.bus import Bus, wait_for
 
 pytestmark = [
     pytest.mark.faults,

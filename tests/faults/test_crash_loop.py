@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shared.topology import DELIVERY_LIMIT
-from tests.conftest import Bus, wait_for
 from tests.e2e.test_flow import finished, send_task
+from tests.support.bus import Bus, wait_for
 
 pytestmark = [
     pytest.mark.faults,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import Bus, wait_for
 from tests.e2e.test_flow import send_task
 from tests.faults.conftest import PrivatePostgres, assert_exactly_once
+from tests.support.bus import Bus, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

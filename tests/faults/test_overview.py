@@ -19,9 +19,10 @@ import aio_pika
 import pika
 import pytest
 
+from cli.processes import free_port
 from shared.topology import Topology, declare_core, declare_delay, declare_pool
-from tests.conftest import Namespace, free_port, wait_for
 from tests.faults.conftest import PrivateRabbit, _port_open
+from tests.support.bus import Namespace, wait_for
 
 #: Long enough that nothing leaves the delay queue during the test.
 DELAY_MS = 600_000

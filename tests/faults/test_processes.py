@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from tests.conftest import Bus, wait_for
 from tests.e2e.test_flow import logs, send, send_task
 from tests.faults.conftest import assert_exactly_once, ledger
+from tests.support.bus import Bus, wait_for
 
 pytestmark = [
     pytest.mark.faults,
@@ -49,7 +49,7 @@ def test_repeated_sends_and_callbacks_count_once(bus: Bus) -> None:
     bus.start_all()
     import httpx
 
-    from tests.conftest import API_KEY
+    from tests.support.bus import API_KEY
 
     auth = {"X-Relay-API-Key": API_KEY}
     ids = []

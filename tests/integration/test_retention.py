@@ -31,7 +31,7 @@ from shared.readmodel import Reader
 from shared.retention import PruneCounts, prune
 from shared.schemas import Event, TaskMessage
 from shared.settings import TrackerSettings
-from tests.conftest import Bus, wait_for
+from tests.support.bus import Bus, wait_for
 
 TASKS = Task.__table__  # type: ignore[attr-defined]
 LOG = LogEntry.__table__  # type: ignore[attr-defined]

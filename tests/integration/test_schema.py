@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
 from sqlmodel import SQLModel
 
+from cli.processes import free_port
 from shared import models  # noqa: F401  (the tables compared with)
 from shared.db import make_engine, migration_engine
 from shared.errors import ConfigError
@@ -30,7 +31,7 @@ from shared.migrate import (
     migrate_blocking,
     require_current,
 )
-from tests.conftest import free_port, wait_for
+from tests.support.bus import wait_for
 
 
 @contextmanager

@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from cli.processes import free_port
 from shared import metrics
 from shared.errors import ConfigError
 from shared.ops import OpsServer
-from tests.conftest import free_port
 
 
 async def test_health_readiness_and_metrics() -> None:

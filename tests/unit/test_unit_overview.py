@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from cli.overview import render_table
+from cli.processes import free_port
 from shared.errors import BrokerUnavailable, ConfigError
 from shared.overview import (
     build_overview,
@@ -21,7 +22,6 @@ from shared.overview import (
 )
 from shared.settings import BusSettings
 from shared.topology import QueueRole, Topology
-from tests.conftest import free_port
 
 
 @pytest.fixture(autouse=True)
