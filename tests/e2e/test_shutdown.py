@@ -6,6 +6,7 @@ import pytest
 
 from tests.e2e.test_flow import finished, logs, send_task
 from tests.support.bus import Bus, wait_for
+from tests.support.ledger import assert_exactly_once, ledger
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -46,8 +47,6 @@ def test_a_child_out_of_grace_leaves_the_task_for_another(bus: Bus) -> None:
 
 def test_a_tracker_stopped_mid_stream_exits_cleanly_and_loses_nothing(bus: Bus) -> None:
     from concurrent.futures import ThreadPoolExecutor
-
-    from tests.faults.conftest import assert_exactly_once, ledger
 
     tracker = bus.start_tracker(RELAY_BATCH_SIZE="20")
     bus.start_child("child", "--handlers", "bus_handlers:handlers")

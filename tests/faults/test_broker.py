@@ -11,8 +11,9 @@ import pika.exceptions
 import pytest
 
 from tests.e2e.test_flow import finished, send, send_task
-from tests.faults.conftest import PrivateRabbit, assert_exactly_once, one_consumer
 from tests.support.bus import Bus, wait_for
+from tests.support.ledger import assert_exactly_once
+from tests.support.servers import PrivateRabbit, one_consumer
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

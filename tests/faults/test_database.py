@@ -6,8 +6,9 @@ import httpx
 import pytest
 
 from tests.e2e.test_flow import send_task
-from tests.faults.conftest import PrivatePostgres, assert_exactly_once
 from tests.support.bus import Bus, wait_for
+from tests.support.ledger import assert_exactly_once
+from tests.support.servers import PrivatePostgres
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 

@@ -21,8 +21,8 @@ import pytest
 
 from cli.processes import free_port
 from shared.topology import Topology, declare_core, declare_delay, declare_pool
-from tests.faults.conftest import PrivateRabbit, _port_open
 from tests.support.bus import Namespace, wait_for
+from tests.support.servers import PrivateRabbit, port_open
 
 #: Long enough that nothing leaves the delay queue during the test.
 DELAY_MS = 600_000
@@ -168,7 +168,7 @@ def test_without_the_management_api_it_says_what_to_do(namespace: Namespace, whe
         env = {"RELAY_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}/"}
     else:
         host = pika.URLParameters(namespace.amqp_url).host
-        if host != "127.0.0.1" or _port_open(15672):
+        if host != "127.0.0.1" or port_open(15672):
             pytest.skip("the broker under test has a management API on 15672")
         env = {}
     done = run_overview(namespace, "--json", **env)

@@ -8,8 +8,8 @@ import signal
 import pytest
 
 from tests.e2e.test_flow import logs, send, send_task
-from tests.faults.conftest import assert_exactly_once, ledger
 from tests.support.bus import Bus, wait_for
+from tests.support.ledger import assert_exactly_once, ledger
 
 pytestmark = [
     pytest.mark.faults,

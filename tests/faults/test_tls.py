@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.test_flow import finished, send_task
-from tests.faults.conftest import PrivateRabbit
 from tests.support.bus import Bus, wait_for
+from tests.support.servers import PrivateRabbit
 
 pytestmark = pytest.mark.parametrize("private_rabbit", [True], ids=["tls"], indirect=True)
 

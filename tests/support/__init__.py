@@ -1,6 +1,8 @@
 """Helpers the tests share: plain functions and classes, no fixtures (those are in conftest.py).
 
 bus.py       a namespace of one's own, the bus's processes, waiting for a condition
+ledger.py    what the tracker recorded, read straight from the database; exactly-once checks
+servers.py   RabbitMQ and PostgreSQL servers of a test's own, which it may stop or kill
 
 Test modules import from here, never from another test module or from a conftest.py.
 """
