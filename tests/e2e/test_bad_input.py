@@ -8,10 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_flow import finished, logs, send_task
-from tests.support.bus import API_KEY, Bus, wait_for
+from tests.support.api import AUTH, finished, logs, send_task
+from tests.support.bus import Bus, wait_for
 
-AUTH = {"X-Relay-API-Key": API_KEY}
 JSON = {**AUTH, "Content-Type": "application/json"}
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

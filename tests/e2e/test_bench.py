@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from cli.processes import free_port
-from tests.e2e.test_flow import send_task
+from tests.support.api import send_task
 from tests.support.bus import FAST_RETRY, Bus
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

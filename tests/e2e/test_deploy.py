@@ -24,7 +24,7 @@ import pytest
 from cli.processes import free_port
 from shared.settings import SEED_DEV_API_KEY
 from tests.compose_config import COMPOSE, command_of, compose_config, env_example
-from tests.e2e.test_flow import status
+from tests.support.api import status
 from tests.support.bus import Bus, Namespace, Proc, running, wait_for
 
 pytestmark = pytest.mark.parametrize("empty_database_url", ["postgresql"], indirect=True)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from cli.processes import free_port
-from tests.e2e.test_flow import finished, send, send_task
+from tests.support.api import finished, send, send_task
 from tests.support.bus import FAST_RETRY, Bus, Proc, wait_for
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

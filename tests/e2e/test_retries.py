@@ -10,10 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_flow import finished, logs, logs_at_least, record, send, send_task
-from tests.support.bus import API_KEY, Bus, wait_for
-
-AUTH = {"X-Relay-API-Key": API_KEY}
+from tests.support.api import AUTH, finished, logs, logs_at_least, record, send, send_task
+from tests.support.bus import Bus, wait_for
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 

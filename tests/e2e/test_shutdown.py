@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_flow import finished, logs, send_task
+from tests.support.api import finished, logs, send_task
 from tests.support.bus import Bus, wait_for
 from tests.support.ledger import assert_exactly_once, ledger
 

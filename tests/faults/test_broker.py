@@ -10,7 +10,7 @@ import httpx
 import pika.exceptions
 import pytest
 
-from tests.e2e.test_flow import finished, send, send_task
+from tests.support.api import finished, send, send_task
 from tests.support.bus import Bus, wait_for
 from tests.support.ledger import assert_exactly_once
 from tests.support.servers import PrivateRabbit, one_consumer

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tests.e2e.test_flow import finished, record, send_task
 from tests.faults.proxy import callback_proxy
+from tests.support.api import finished, record, send_task
 from tests.support.bus import Bus, wait_for
 from tests.support.ledger import assert_exactly_once, ledger
 

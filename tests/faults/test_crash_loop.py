@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.topology import DELIVERY_LIMIT
-from tests.e2e.test_flow import finished, send_task
+from tests.support.api import finished, send_task
 from tests.support.bus import Bus, wait_for
 
 pytestmark = [

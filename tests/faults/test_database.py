@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.e2e.test_flow import send_task
+from tests.support.api import send_task
 from tests.support.bus import Bus, wait_for
 from tests.support.ledger import assert_exactly_once
 from tests.support.servers import PrivatePostgres

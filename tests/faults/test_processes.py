@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import signal
 
+import httpx
 import pytest
 
-from tests.e2e.test_flow import logs, send, send_task
+from tests.support.api import AUTH, logs, send, send_task
 from tests.support.bus import Bus, wait_for
 from tests.support.ledger import assert_exactly_once, ledger
 
@@ -47,11 +48,6 @@ def test_the_tracker_stopped_for_a_while_catches_up(bus: Bus) -> None:
 
 def test_repeated_sends_and_callbacks_count_once(bus: Bus) -> None:
     bus.start_all()
-    import httpx
-
-    from tests.support.bus import API_KEY
-
-    auth = {"X-Relay-API-Key": API_KEY}
     ids = []
     for i in range(10):
         body = {
@@ -67,13 +63,13 @@ def test_repeated_sends_and_callbacks_count_once(bus: Bus) -> None:
         keyed = httpx.post(
             f"{bus.api}/api/relay/send",
             json={**body, "task_id": None, "payload": {"i": i}},
-            headers={**auth, "Idempotency-Key": f"key-{i}"},
+            headers={**AUTH, "Idempotency-Key": f"key-{i}"},
             timeout=10,
         )
         keyed_again = httpx.post(
             f"{bus.api}/api/relay/send",
             json={**body, "task_id": None, "payload": {"i": i}},
-            headers={**auth, "Idempotency-Key": f"key-{i}"},
+            headers={**AUTH, "Idempotency-Key": f"key-{i}"},
             timeout=10,
         )
         assert keyed.json()["task_id"] == keyed_again.json()["task_id"]
@@ -81,7 +77,7 @@ def test_repeated_sends_and_callbacks_count_once(bus: Bus) -> None:
     assert_exactly_once(bus.database_url, ids)
     for task_id in ids[:4]:
         callback = {"task_id": task_id, "status": "done", "result": "late"}
-        answer = httpx.post(f"{bus.api}/api/relay/callback", json=callback, headers=auth)
+        answer = httpx.post(f"{bus.api}/api/relay/callback", json=callback, headers=AUTH)
         assert answer.json() == {"status": "ok", "duplicate": True}
     assert_exactly_once(bus.database_url, ids)
     states, _ = ledger(bus.database_url)

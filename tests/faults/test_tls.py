@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_flow import finished, send_task
+from tests.support.api import finished, send_task
 from tests.support.bus import Bus, wait_for
 from tests.support.servers import PrivateRabbit
 
