@@ -23,9 +23,9 @@ import pytest
 
 from cli.processes import free_port
 from shared.settings import SEED_DEV_API_KEY
-from tests.compose_config import COMPOSE, command_of, compose_config, env_example
 from tests.support.api import status
 from tests.support.bus import Bus, Namespace, Proc, running, wait_for
+from tests.support.compose_config import COMPOSE, command_of, compose_config, env_example
 
 pytestmark = pytest.mark.parametrize("empty_database_url", ["postgresql"], indirect=True)
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from tests.faults.proxy import callback_proxy
 from tests.support.api import finished, record, send_task
 from tests.support.bus import Bus, wait_for
+from tests.support.callback_proxy import callback_proxy
 from tests.support.ledger import assert_exactly_once, ledger
 
 pytestmark = [

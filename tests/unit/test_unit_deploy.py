@@ -39,7 +39,7 @@ from pydantic import AliasChoices
 
 from cli.main import parser
 from shared.settings import ApiSettings, BusSettings, ChildSettings, TrackerSettings
-from tests.compose_config import (
+from tests.support.compose_config import (
     COMPOSE,
     EXTERNAL,
     ROOT,

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from dotenv import dotenv_values
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 EXTERNAL = ROOT / "docker-compose.external.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
