@@ -123,11 +123,21 @@ def bus(namespace: Namespace, database_url: str, tmp_path: Path) -> Iterator[Bus
         yield b
 
 
+#: The markers of every test under a folder of tests/, given here so that no test can lack them.
+FOLDER_MARKERS = {
+    "integration": ("integration",),
+    "e2e": ("integration", "e2e"),
+    "faults": ("integration", "faults"),
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under integration/, e2e/ and faults/ need the services: `make unit` skips them."""
+    """Markers by folder: the tests under integration/, e2e/ and faults/ need the services
+    (`make unit` skips them), those under e2e/ start the processes, and every test under faults/
+    is a fault test (`-m faults`). tests/unit/test_unit_markers.py checks the outcome."""
     for item in items:
         path = str(item.path)
-        if any(f"{os.sep}{d}{os.sep}" in path for d in ("integration", "e2e", "faults")):
-            item.add_marker(pytest.mark.integration)
-        if f"{os.sep}e2e{os.sep}" in path:
-            item.add_marker(pytest.mark.e2e)
+        for folder, markers in FOLDER_MARKERS.items():
+            if f"{os.sep}{folder}{os.sep}" in path:
+                for marker in markers:
+                    item.add_marker(marker)

@@ -15,7 +15,7 @@ from tests.support.bus import Bus, wait_for
 from tests.support.ledger import assert_exactly_once
 from tests.support.servers import PrivateRabbit, one_consumer
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def accepted(bus: Bus) -> str | None:

@@ -9,7 +9,6 @@ from tests.support.api import finished, send_task
 from tests.support.bus import Bus, wait_for
 
 pytestmark = [
-    pytest.mark.faults,
     pytest.mark.slow,
     pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
 ]

@@ -10,7 +10,7 @@ from tests.support.bus import Bus, wait_for
 from tests.support.ledger import assert_exactly_once
 from tests.support.servers import PrivatePostgres
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_the_tracker_waits_out_a_database_outage(

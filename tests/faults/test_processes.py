@@ -12,10 +12,7 @@ from tests.support.api import AUTH, logs, send, send_task
 from tests.support.bus import Bus, wait_for
 from tests.support.ledger import assert_exactly_once, ledger
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
-]
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 HANDLERS = ("--handlers", "bus_handlers:handlers")
 
