@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import httpx
 import pytest
 
@@ -38,13 +41,36 @@ async def test_health_readiness_and_metrics() -> None:
         await server.close()
 
 
-async def test_port_zero_serves_nothing() -> None:
+async def test_port_zero_serves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RELAY_OPS_PORT=0 turns the server off: start() opens no listening socket (binding port 0
+    would listen on a port the system picks), and close() has nothing to close."""
+
     async def ready() -> dict[str, bool]:
         return {}
 
-    server = OpsServer("127.0.0.1", 0, ready)
-    await server.start()
-    await server.close()
+    loop = asyncio.get_running_loop()
+    create_server = loop.create_server
+    listening: list[asyncio.Server] = []
+
+    async def recorded(*args: Any, **kwargs: Any) -> asyncio.Server:
+        server = await create_server(*args, **kwargs)
+        listening.append(server)
+        return server
+
+    monkeypatch.setattr(loop, "create_server", recorded)
+    # The record sees a server that does listen, or it would prove nothing about one that does not.
+    serving = OpsServer("127.0.0.1", free_port(), ready)
+    await serving.start()
+    await serving.close()
+    assert len(listening) == 1 and not listening[0].is_serving()
+
+    off = OpsServer("127.0.0.1", 0, ready)
+    await off.start()
+    try:
+        assert len(listening) == 1, f"port 0 serves on {listening[-1].sockets}"
+    finally:
+        await off.close()
+    await off.close()  # a second close() finds nothing to close either
 
 
 async def test_a_taken_port_is_a_config_error() -> None:
