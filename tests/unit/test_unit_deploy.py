@@ -283,7 +283,9 @@ def test_every_relay_variable_is_a_setting_and_its_value_parses(
             assert settings.effective_api_key()  # the dev values start; see also the next test
 
 
-def test_the_defaults_alone_start_a_production_bus(clean_env: pytest.MonkeyPatch) -> None:
+def test_with_only_the_secrets_set_every_service_reads_production_settings(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
     """Only the required secrets set: dev mode off, and every default value parses."""
     required = {"RABBITMQ_PASSWORD": "r-secret", "POSTGRES_PASSWORD": "p-secret"}
     production = compose_config([COMPOSE], {**required, "RELAY_API_KEY": "a-long-random-key"})
@@ -447,19 +449,20 @@ def test_no_service_uses_guest_credentials(
                     assert parts.password not in (None, "", "guest"), name
 
 
-def test_the_bus_reaches_the_bundled_broker_as_its_user(
+def test_every_bus_service_is_given_the_bundled_broker_and_its_user(
     config: dict[str, Any], clean_env: pytest.MonkeyPatch
 ) -> None:
     rabbit = config["services"]["rabbitmq"]["environment"]
-    settings = settings_for(config["services"]["api"], clean_env)
-    for url in (settings.amqp_url, settings.management_url):
-        assert url is not None
-        parts = urlsplit(url.get_secret_value())
-        assert parts.hostname == "rabbitmq"
-        assert (parts.username, parts.password) == (
-            rabbit["RABBITMQ_DEFAULT_USER"],
-            rabbit["RABBITMQ_DEFAULT_PASS"],
-        )
+    for name, service in bus_services(config).items():
+        settings = settings_for(service, clean_env)
+        for url in (settings.amqp_url, settings.management_url):
+            assert url is not None, name
+            parts = urlsplit(url.get_secret_value())
+            assert parts.hostname == "rabbitmq", name
+            assert (parts.username, parts.password) == (
+                rabbit["RABBITMQ_DEFAULT_USER"],
+                rabbit["RABBITMQ_DEFAULT_PASS"],
+            ), name
 
 
 def duration_seconds(text: str) -> float:
@@ -469,7 +472,7 @@ def duration_seconds(text: str) -> float:
     return sum(float(n) * units[u] for n, u in parts)
 
 
-def test_children_scale_and_finish_their_tasks_on_stop(
+def test_the_child_service_can_be_replicated_and_its_stop_grace_exceeds_the_shutdown_grace(
     config: dict[str, Any], clean_env: pytest.MonkeyPatch
 ) -> None:
     child = config["services"]["child"]
@@ -565,7 +568,7 @@ def test_dependencies_are_their_own_layer() -> None:
     assert deps < install < source
 
 
-def test_the_image_serves_the_ports_and_state_dir_compose_uses(
+def test_the_image_exposes_the_ports_and_sets_the_state_dir_compose_uses(
     config: dict[str, Any], clean_env: pytest.MonkeyPatch
 ) -> None:
     final = dockerfile_stages()[-1]
