@@ -55,6 +55,9 @@ def test_every_service_serves_health_readiness_and_metrics(bus: Bus) -> None:
         assert ops(proc, "/healthz").json() == {"status": "ok"}
     assert ops(tracker, "/readyz").json() == {"status": "ok", "broker": True, "database": True}
     assert ops(child, "/readyz").json() == {"status": "ok", "broker": True}
+    assert httpx.get(f"{bus.api}/healthz", timeout=5).json() == {"status": "ok"}
+    api_ready = httpx.get(f"{bus.api}/readyz", timeout=5)
+    assert api_ready.json() == {"status": "ok", "broker": True, "database": True}
 
     ids = [send_task(bus, "echo", payload={"n": n}) for n in range(3)]
     counter = str(bus.workdir / "never.count")

@@ -203,9 +203,19 @@ async def test_connection_refused_is_retried_then_callback_failed() -> None:
 
 
 async def test_a_given_session_is_used(api: Api) -> None:
-    async with aiohttp.ClientSession() as session:
+    through: list[str] = []
+
+    async def on_request_start(
+        session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceRequestStartParams
+    ) -> None:
+        through.append(f"{params.method} {params.url}")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
         client = make_client(api.base, session=session)
         assert await client.send(body()) is False
+        assert through == [f"POST {api.base}/api/relay/callback"]  # through the given session
         assert not session.closed
 
 

@@ -26,6 +26,7 @@ def test_blocked_looks_without_taking() -> None:
     limiter.take("a", now=0.0)
     assert limiter.blocked("a", now=0.0) == 1
     assert limiter.blocked("a", now=1.0) == 0
+    assert limiter.take("a", now=1.0) == 0  # the token blocked() saw is still there
 
 
 def test_a_zero_rate_means_no_limit() -> None:
