@@ -38,7 +38,8 @@ class HandReadRoute(APIRoute):
 
     def get_route_handler(self) -> Endpoint:
         # FastAPI builds the handler of an included route with its inclusion's dependencies in
-        # this context; those are checked too.
+        # this context; those are checked too. (A private name of FastAPI 0.165, pinned: the
+        # inclusion case of tests/unit/test_unit_one_path.py fails if it changes.)
         context = _effective_route_context_var.get()
         dependant = (
             context.dependant
