@@ -8,7 +8,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.errors import BrokerUnavailable, DatabaseUnavailable, PublishRefused
 
@@ -101,10 +103,27 @@ def response_for(exc: Exception) -> JSONResponse:
     return error_response(500, "internal error")
 
 
+def allowed_methods(request: Request) -> set[str]:
+    """The `Allow` of a 405: every method a route serves at the request's path.
+
+    Starlette's router answers 405 with the methods of the first route whose path matched, and
+    each method of a path is a route of its own: OPTIONS /dlq named GET and left out DELETE.
+    """
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= route.methods or set()
+    return methods
+
+
 def install(app: FastAPI) -> None:
     """Register `response_for` for every failure, so each gets the contract's error body."""
 
-    async def handle(_: Request, exc: Exception) -> JSONResponse:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        is_405 = isinstance(exc, StarletteHTTPException) and exc.status_code == 405
+        if is_405 and (methods := allowed_methods(request)):
+            exc = StarletteHTTPException(405, headers={"Allow": ", ".join(sorted(methods))})
         return response_for(exc)
 
     for kind in (

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Query
+from fastapi import APIRouter, FastAPI, Query
 
 from services.api.errors import UNAUTHORIZED, ApiError, _describe, error_response, install
 from shared.errors import BrokerUnavailable, DatabaseUnavailable, PublishRefused
@@ -142,6 +142,18 @@ def _app() -> FastAPI:
     async def logs(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.delete("/logs")
+    async def forget() -> dict[str, str]:
+        return {"status": "ok"}
+
+    more = APIRouter()
+
+    @more.put("/logs")
+    async def replace() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(more)
+
     @app.get("/raise/{what}")
     async def boom(what: str) -> None:
         errors: dict[str, Exception] = {
@@ -200,6 +212,17 @@ async def test_real_query_error_is_400(client: httpx.AsyncClient) -> None:
     response = await client.get("/logs", params={"limit": "abc"})
     assert response.status_code == 400
     assert response.json()["msg"].startswith("invalid query parameter limit: ")
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "POST", "PATCH"])
+async def test_a_405_allows_every_method_served_at_the_path(
+    client: httpx.AsyncClient, method: str
+) -> None:
+    # Three routes, one an included router's: Starlette alone would name the first one's GET.
+    response = await client.request(method, "/logs")
+    assert response.status_code == 405
+    assert response.json() == {"status": "error", "msg": "method not allowed"}
+    assert response.headers["allow"] == "DELETE, GET, PUT"
 
 
 async def test_real_other_body_error_is_422(client: httpx.AsyncClient) -> None:
