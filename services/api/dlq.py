@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
+from starlette.convertors import Convertor, register_url_convertor
 
 from services.api.deps import AdminKey, ServicesDep
 from services.api.errors import ApiError
@@ -16,6 +17,31 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 503)
 }
 PoolQuery = Annotated[str | None, Query(pattern=NAME_PATTERN)]
+
+
+#: The replay of every parked task: a path of its own, next to the paths of one parked task.
+REPLAY = "replay"
+
+
+class _ParkedId(Convertor[str]):
+    """One parked task's id in a path: a segment, but not `replay`.
+
+    OpenAPI matches a concrete path before a templated one: /dlq/replay is the replay of all,
+    which has no GET. Starlette would serve GET /dlq/replay as the parked task `replay` (and name
+    GET in the Allow of that path); a task with that id is still listed and replayed.
+    """
+
+    regex = f"(?!{REPLAY}$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("parked_id", _ParkedId())
+ParkedIdPath = Annotated[str, Path(json_schema_extra={"not": {"const": REPLAY}})]
 
 
 class ParkedList(Ok):
@@ -51,8 +77,17 @@ async def list_parked(
     return ParkedList(parked=[p.as_dict() for p in found])
 
 
-@router.get("/{task_id}", response_model=ParkedOne, responses=_ERRORS)
-async def show_parked(task_id: str, services: ServicesDep, pool: PoolQuery = None) -> ParkedOne:
+@router.get(
+    "/{task_id:parked_id}",
+    response_model=ParkedOne,
+    responses={
+        **_ERRORS,
+        405: {"model": ErrorResponse, "description": f"`{REPLAY}`: that path has no GET"},
+    },
+)
+async def show_parked(
+    task_id: ParkedIdPath, services: ServicesDep, pool: PoolQuery = None
+) -> ParkedOne:
     """One parked task, with why it was parked."""
     found = await services.broker.parking().show(task_id, await _pools(services, pool))
     if found is None:
@@ -60,7 +95,7 @@ async def show_parked(task_id: str, services: ServicesDep, pool: PoolQuery = Non
     return ParkedOne(parked=found.as_dict())
 
 
-@router.post("/replay", response_model=Replayed, responses=_ERRORS)
+@router.post(f"/{REPLAY}", response_model=Replayed, responses=_ERRORS)
 async def replay_all(services: ServicesDep, pool: PoolQuery = None) -> Replayed:
     """Send every parked task of one pool (or all) back to work."""
     count = await services.broker.parking().replay(await _pools(services, pool))

@@ -82,8 +82,9 @@ def served(app: FastAPI) -> set[tuple[str, str]]:
     pairs = set()
     for route in iter_route_contexts(app.routes):
         assert isinstance(route.original_route, Route), f"{route!r}: what serves it?"
-        assert route.path is not None
-        pairs |= {(route.path, m) for m in route.methods or ()} - {(route.path, "HEAD")}
+        path = route.path_format  # without a parameter's convertor, as the OpenAPI names it
+        assert path is not None
+        pairs |= {(path, m) for m in route.methods or ()} - {(path, "HEAD")}
     return pairs
 
 
@@ -196,3 +197,17 @@ def test_the_hand_read_routes_are_api_routes_fastapi_documents() -> None:
         ("/api/relay/callback", "POST"),
     }
     assert all(isinstance(r.original_route, APIRoute) and r.include_in_schema for r in hand_read)
+
+
+def test_a_405_allows_every_method_the_openapi_documents_at_its_path() -> None:
+    app = bus_app()
+    for path, operations in app.openapi()["paths"].items():
+        answer = request(app, "OPTIONS", re.sub(r"\{[^}]+\}", "t_x", path))
+        assert answer.status_code == 405, path
+        assert answer.headers["allow"] == ", ".join(sorted(m.upper() for m in operations)), path
+
+
+def test_the_replay_of_all_is_no_parked_tasks_path() -> None:
+    # OpenAPI matches /dlq/replay before /dlq/{task_id}: it has no GET, so the API answers 405.
+    answer = request(bus_app(), "GET", "/api/relay/dlq/replay", headers={"X-Relay-API-Key": KEY})
+    assert (answer.status_code, answer.headers["allow"]) == (405, "POST")
