@@ -1,4 +1,4 @@
-"""The HTTP contract's names, in one place: its headers, its paths, and the shape of a name.
+"""The HTTP contract's names, in one place: its headers, its paths, the shape of a name, its limits.
 
 The API, the child's callback client, the bench and the tests all read them from here.
 """
@@ -16,6 +16,9 @@ FIRST_CALLBACK_HEADER = "X-Relay-First-Callback"
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 #: An id (task, conversation, event, run) or an Idempotency-Key: 1-128 of the same.
 IDENT_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+#: The most entries one GET of /logs or /dlq answers: `limit` is 1 to this (seed: "at most 1000").
+MAX_LIMIT = 1000
 
 API_PREFIX = "/api/relay"
 SEND_PATH = f"{API_PREFIX}/send"

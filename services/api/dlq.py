@@ -9,7 +9,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from services.api.deps import AdminKey, ServicesDep
 from services.api.errors import ApiError
-from shared.contract import API_PREFIX, NAME_PATTERN
+from shared.contract import API_PREFIX, MAX_LIMIT, NAME_PATTERN
 from shared.schemas import ErrorResponse, Ok
 
 router = APIRouter(prefix=f"{API_PREFIX}/dlq", dependencies=[AdminKey], tags=["parking lots"])
@@ -70,7 +70,7 @@ async def _pools(services: ServicesDep, pool: str | None) -> list[str]:
 async def list_parked(
     services: ServicesDep,
     pool: PoolQuery = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
 ) -> ParkedList:
     """The parked tasks of one pool or of all, oldest first; they stay parked."""
     found = await services.broker.parking().peek(await _pools(services, pool), limit)

@@ -12,6 +12,7 @@ from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from shared.contract import MAX_LIMIT
 from shared.errors import BrokerUnavailable, DatabaseUnavailable, PublishRefused
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ _REQUIRED_MESSAGES = {
     "to": "missing from/to",
     "task_id": "missing task_id",
 }
+#: Query parameters the contract words itself, whatever is wrong with them (missing, not an
+#: integer, out of range…): the OpenAPI states their bounds, these messages say them in words.
+_QUERY_MESSAGES = {
+    "limit": f"limit must be an integer from 1 to {MAX_LIMIT}",
+}
 
 
 def _describe(errors: list[dict[str, Any]]) -> tuple[int, str, list[dict[str, Any]]]:
@@ -68,6 +74,8 @@ def _describe(errors: list[dict[str, Any]]) -> tuple[int, str, list[dict[str, An
         missing_field = e.get("type") == "missing" and len(loc) == 2 and loc[0] == "body"
         if missing_field and str(loc[1]) in _REQUIRED_MESSAGES:
             return 400, _REQUIRED_MESSAGES[str(loc[1])], clean
+        if len(loc) == 2 and loc[0] == "query" and str(loc[1]) in _QUERY_MESSAGES:
+            return 400, _QUERY_MESSAGES[str(loc[1])], clean
     place = [str(p) for p in errors[0].get("loc", ())] or ["body"]
     where = ".".join(place[1:]) or place[0]
     msg = str(errors[0].get("msg", "invalid"))

@@ -15,7 +15,13 @@ from services.api.auth import Principal
 from services.api.deps import AckKey, KeyHeader, Services, ServicesDep, authorized, services_of
 from services.api.errors import ApiError
 from services.api.hand_read import HandReadRoute
-from shared.contract import API_PREFIX, FIRST_CALLBACK_HEADER, IDEMPOTENCY_KEY_HEADER, IDENT_PATTERN
+from shared.contract import (
+    API_PREFIX,
+    FIRST_CALLBACK_HEADER,
+    IDEMPOTENCY_KEY_HEADER,
+    IDENT_PATTERN,
+    MAX_LIMIT,
+)
 from shared.errors import DatabaseUnavailable
 from shared.ids import TASK_PREFIX, callback_event_id, new_event_id, utcnow
 from shared.readmodel import LogFilter
@@ -42,9 +48,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 503)
 }
 _SEND_FIELDS = {"from_", "to", "type", "cmd", "payload", "text", "conversation_id"}
-MAX_LOG_LIMIT = 1000
 JSON = "application/json"
 FilterText = Annotated[str | None, Field(max_length=128)]
+#: Log entry ids are 64-bit (BIGINT, SQLite's INTEGER): a larger `after` the database refuses.
+MAX_LOG_ID = 2**63 - 1
 
 
 _IDEMPOTENCY_KEY = TypeAdapter(Annotated[str | None, StringConstraints(pattern=IDENT_PATTERN)])
@@ -261,13 +268,14 @@ class LogQuery(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    limit: int = 100
+    #: Anything else is the contract's 400 "limit must be an integer from 1 to 1000" (errors.py).
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 100
     task_id: FilterText = None
     conversation_id: FilterText = None
     from_: FilterText = Field(default=None, alias="from")
     to: FilterText = None
     event: FilterText = None
-    after: Annotated[int | None, Field(ge=0)] = None
+    after: Annotated[int | None, Field(ge=0, le=MAX_LOG_ID)] = None
 
 
 async def _may_read_logs(services: ServicesDep, request: Request, key: KeyHeader = None) -> None:
@@ -283,8 +291,6 @@ async def _may_read_logs(services: ServicesDep, request: Request, key: KeyHeader
 )
 async def logs(services: ServicesDep, q: Annotated[LogQuery, Query()]) -> Response:
     """The last `limit` log entries, oldest first; or, with `after`, the next ones."""
-    if not 1 <= q.limit <= MAX_LOG_LIMIT:
-        raise ApiError(400, f"limit must be an integer from 1 to {MAX_LOG_LIMIT}")
     where = q.model_dump(exclude={"from_", "to"})
     rows = await services.reader.logs(LogFilter(**where, sender=q.from_, recipient=q.to))
     # Up to 1000 entries: FastAPI would validate them again, then encode them with json.dumps.

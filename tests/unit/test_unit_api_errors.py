@@ -73,10 +73,22 @@ def test_nested_missing_from_is_not_the_seed_message() -> None:
 
 @pytest.mark.parametrize("place", ["query", "path", "header"])
 def test_query_path_and_header_errors_are_400(place: str) -> None:
-    errors = [err((place, "limit"), "int_parsing", "Input should be a valid integer")]
+    errors = [err((place, "after"), "int_parsing", "Input should be a valid integer")]
     status, msg, _ = _describe(errors)
     assert status == 400
-    assert msg == f"invalid {place} parameter limit: Input should be a valid integer"
+    assert msg == f"invalid {place} parameter after: Input should be a valid integer"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        err(("query", "limit"), "int_parsing", "Input should be a valid integer"),
+        err(("query", "limit"), "less_than_equal", "Input should be less than or equal to 1000"),
+        err(("query", "limit"), "greater_than_equal", "Input should be greater than or equal to 1"),
+    ],
+)
+def test_a_bad_limit_is_the_contracts_400(error: dict[str, Any]) -> None:
+    assert _describe([error])[:2] == (400, "limit must be an integer from 1 to 1000")
 
 
 def test_other_body_errors_are_422() -> None:
@@ -139,7 +151,9 @@ def _app() -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/logs")
-    async def logs(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, str]:
+    async def logs(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, after: int | None = None
+    ) -> dict[str, str]:
         return {"status": "ok"}
 
     @app.delete("/logs")
@@ -209,9 +223,16 @@ async def test_real_missing_body(client: httpx.AsyncClient) -> None:
 
 
 async def test_real_query_error_is_400(client: httpx.AsyncClient) -> None:
-    response = await client.get("/logs", params={"limit": "abc"})
+    response = await client.get("/logs", params={"after": "abc"})
     assert response.status_code == 400
-    assert response.json()["msg"].startswith("invalid query parameter limit: ")
+    assert response.json()["msg"].startswith("invalid query parameter after: ")
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "abc", "1.5"])
+async def test_real_bad_limit_is_the_contracts_400(client: httpx.AsyncClient, limit: str) -> None:
+    response = await client.get("/logs", params={"limit": limit})
+    assert response.status_code == 400
+    assert response.json()["msg"] == "limit must be an integer from 1 to 1000"
 
 
 @pytest.mark.parametrize("method", ["OPTIONS", "POST", "PATCH"])
