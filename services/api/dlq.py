@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
+from pydantic import BeforeValidator, TypeAdapter
 from starlette.convertors import Convertor, register_url_convertor
 
 from services.api.deps import AdminKey, ServicesDep
@@ -17,6 +18,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 503)
 }
 PoolQuery = Annotated[str | None, Query(pattern=NAME_PATTERN)]
+#: `confirm=true`, required: the OpenAPI says so (a required `const: true`); without it, or with
+#: any other value, the contract's 400 "purging drops parked tasks for good…" (errors.py).
+ConfirmQuery = Annotated[
+    Literal[True],
+    # A query string is text: read it as FastAPI reads a bool ("true", "1", "on"…), then
+    # Literal[True] keeps only true.
+    BeforeValidator(TypeAdapter(bool).validate_python),
+    Query(description="Must be `true`: a purge drops the parked tasks for good."),
+]
 
 
 #: The replay of every parked task: a path of its own, next to the paths of one parked task.
@@ -112,8 +122,6 @@ async def replay_one(task_id: str, services: ServicesDep, pool: PoolQuery = None
 
 
 @router.delete("", response_model=Purged, responses=_ERRORS)
-async def purge(services: ServicesDep, pool: PoolQuery = None, confirm: bool = False) -> Purged:
+async def purge(services: ServicesDep, confirm: ConfirmQuery, pool: PoolQuery = None) -> Purged:
     """Drop every parked task of one pool (or all); needs `confirm=true`."""
-    if not confirm:
-        raise ApiError(400, "purging drops parked tasks for good: repeat with confirm=true")
     return Purged(purged=await services.broker.parking().purge(await _pools(services, pool)))

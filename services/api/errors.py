@@ -52,6 +52,7 @@ _REQUIRED_MESSAGES = {
 #: integer, out of range…): the OpenAPI states their bounds, these messages say them in words.
 _QUERY_MESSAGES = {
     "limit": f"limit must be an integer from 1 to {MAX_LIMIT}",
+    "confirm": "purging drops parked tasks for good: repeat with confirm=true",
 }
 
 

@@ -91,6 +91,14 @@ def test_a_bad_limit_is_the_contracts_400(error: dict[str, Any]) -> None:
     assert _describe([error])[:2] == (400, "limit must be an integer from 1 to 1000")
 
 
+@pytest.mark.parametrize(
+    "error", [err(("query", "confirm"), "missing"), err(("query", "confirm"), "literal_error")]
+)
+def test_a_purge_without_confirm_true_is_the_contracts_400(error: dict[str, Any]) -> None:
+    status, msg, _ = _describe([error])
+    assert (status, msg) == (400, "purging drops parked tasks for good: repeat with confirm=true")
+
+
 def test_other_body_errors_are_422() -> None:
     errors = [err(("body", "payload"), "dict_type", "Input should be a valid dictionary")]
     status, msg, _ = _describe(errors)

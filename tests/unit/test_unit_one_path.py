@@ -211,3 +211,14 @@ def test_the_replay_of_all_is_no_parked_tasks_path() -> None:
     # OpenAPI matches /dlq/replay before /dlq/{task_id}: it has no GET, so the API answers 405.
     answer = request(bus_app(), "GET", "/api/relay/dlq/replay", headers={"X-Relay-API-Key": KEY})
     assert (answer.status_code, answer.headers["allow"]) == (405, "POST")
+
+
+@pytest.mark.parametrize("query", ["", "?confirm=false", "?confirm=maybe"])
+def test_a_purge_needs_confirm_true_as_the_openapi_says(query: str) -> None:
+    app = bus_app()
+    answer = request(app, "DELETE", f"/api/relay/dlq{query}", headers={"X-Relay-API-Key": KEY})
+    assert answer.status_code == 400
+    assert answer.json()["msg"] == "purging drops parked tasks for good: repeat with confirm=true"
+    purge = app.openapi()["paths"]["/api/relay/dlq"]["delete"]["parameters"]
+    confirm = next(p for p in purge if p["name"] == "confirm")
+    assert confirm["required"] is True and confirm["schema"]["const"] is True
