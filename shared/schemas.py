@@ -16,7 +16,8 @@ from pydantic import (
 )
 
 from shared.contract import IDENT_PATTERN, NAME_PATTERN
-from shared.topology import Topology
+from shared.ids import TASK_PREFIX
+from shared.topology import RESERVED_POOL_PATTERN, Topology
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Ident = Annotated[str, StringConstraints(pattern=IDENT_PATTERN)]
@@ -83,8 +84,23 @@ class SendFields(_NoNul):
     conversation_id: Ident | None = None
 
 
+def _send_rules(schema: dict[str, Any]) -> None:
+    """What a send's fields require of each other, in its JSON Schema (the OpenAPI of a send):
+    a task goes to a pool's name (`_task_goes_to_a_pool`); a message takes no `task_id` (400)."""
+    is_task = {"properties": {"type": {"const": "task"}}, "required": ["type"]}
+    schema["if"] = is_task
+    schema["then"] = {"properties": {"to": {"not": {"pattern": RESERVED_POOL_PATTERN}}}}
+    schema["else"] = {"properties": {"task_id": {"type": "null"}}}
+
+
+#: A client-chosen task id: the bus's own `t_…` ids are not the client's to choose (422).
+ClientTaskId = Annotated[Ident, Field(json_schema_extra={"not": {"pattern": f"^{TASK_PREFIX}"}})]
+
+
 class SendRequest(SendFields):
     """POST /api/relay/send."""
+
+    model_config = ConfigDict(json_schema_extra=_send_rules)
 
     @model_validator(mode="after")
     def _task_goes_to_a_pool(self) -> Self:
@@ -92,7 +108,7 @@ class SendRequest(SendFields):
             raise ValueError("to: a task's pool name may not contain 'parked' or 'delay' as a word")
         return self
 
-    task_id: Ident | None = Field(
+    task_id: ClientTaskId | None = Field(
         default=None,
         description="Client-chosen id (not `t_…`): sending it again creates nothing new.",
     )

@@ -30,8 +30,10 @@ from shared.contract import NAME_PATTERN
 from shared.errors import ConfigError
 
 POOL_PATTERN = re.compile(NAME_PATTERN)
-#: `x.parked` or `x.delay.100` as a pool would be pool x's parking lot or delay queue.
-_RESERVED_POOL = re.compile(r"(^|\.)(parked|delay)(\.|$)")
+#: `x.parked` or `x.delay.100` as a pool would be pool x's parking lot or delay queue (a JSON
+#: Schema pattern too: the OpenAPI of a send says it).
+RESERVED_POOL_PATTERN = r"(^|\.)(parked|delay)(\.|$)"
+_RESERVED_POOL = re.compile(RESERVED_POOL_PATTERN)
 #: A message delivered this many times without an ack (crash loops) is set aside.
 DELIVERY_LIMIT = 20
 #: Parked messages are read (and returned) by `convbus dlq list`; RabbitMQ 4 would otherwise
