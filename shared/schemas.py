@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -9,6 +10,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -25,18 +27,41 @@ Cmd = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Text = Annotated[str, StringConstraints(max_length=100_000)]
 #: Attempts of one task; far above any retry policy, below every database's integer.
 Attempt = Annotated[int, Field(ge=1, le=1_000_000)]
-#: A moment on the bus, stored in UTC (years every database reads back).
-_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+#: A moment on the bus: with a UTC offset, written in the years 1970 to 8999, stored in UTC
+#: (then at most a day outside those years: years every database reads back).
+_FIRST_YEAR, _LAST_YEAR = 1970, 8999
+#: Such a moment as the OpenAPI describes it (with `format: date-time`, RFC 3339): a `T`, `Z` or
+#: an offset, a year from 1970 to 8999. A request's timestamp is spelt so (`_as_documented`); on
+#: the wire pydantic reads more spellings (tests/unit/test_unit_schemas.py checks both).
+TIMESTAMP_PATTERN = (
+    r"^(19[7-9][0-9]|[2-8][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
 
 
 def _in_utc(value: datetime) -> datetime:
-    if not _EARLIEST <= value < _LATEST:
-        raise ValueError("a timestamp between the years 1970 and 9000")
+    # The year as written, not in UTC: a pattern can say that one.
+    if not _FIRST_YEAR <= value.year <= _LAST_YEAR:
+        raise ValueError(f"a timestamp written in the years {_FIRST_YEAR} to {_LAST_YEAR}")
     return value.astimezone(UTC)
 
 
-Timestamp = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+Timestamp = Annotated[
+    AwareDatetime,
+    AfterValidator(_in_utc),
+    Field(json_schema_extra={"pattern": TIMESTAMP_PATTERN}),
+]
+
+
+def _as_documented(value: Any) -> Any:
+    """A timestamp in a request is a string as the OpenAPI says (pydantic would read a number of
+    seconds since 1970 as well, or a space for the `T`: what the OpenAPI says is all it takes)."""
+    if isinstance(value, str) and not _TIMESTAMP.fullmatch(value):
+        raise ValueError("an RFC 3339 date-time such as 2026-05-01T09:30:00Z, years 1970 to 8999")
+    if not isinstance(value, str | datetime):
+        raise ValueError("a timestamp is a string")
+    return value
 
 
 def _not_ahead(value: datetime) -> datetime:
@@ -172,7 +197,9 @@ class CallbackRequest(_NoNul):
     #: the run's `processing` entry, which a fast child does not publish itself.
     attempt: Attempt | None = None
     run_id: Ident | None = None
-    started_at: Annotated[Timestamp, AfterValidator(_not_ahead)] | None = None
+    started_at: (
+        Annotated[Timestamp, BeforeValidator(_as_documented), AfterValidator(_not_ahead)] | None
+    ) = None
 
 
 class AckRequest(BaseModel):
