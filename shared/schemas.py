@@ -13,18 +13,27 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    RootModel,
     StringConstraints,
+    TypeAdapter,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from shared.contract import IDENT_PATTERN, NAME_PATTERN
 from shared.ids import TASK_PREFIX
 from shared.topology import RESERVED_POOL_PATTERN, Topology
 
+#: A string PostgreSQL can store: no NUL character. `_NoNul` refuses them in one pass over a
+#: body; the JSON Schema says it of every string with this pattern.
+NUL_FREE_PATTERN = r"^[^\u0000]*$"
+_NUL_FREE = Field(json_schema_extra={"pattern": NUL_FREE_PATTERN})
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Ident = Annotated[str, StringConstraints(pattern=IDENT_PATTERN)]
-Cmd = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Text = Annotated[str, StringConstraints(max_length=100_000)]
+Cmd = Annotated[str, StringConstraints(min_length=1, max_length=128), _NUL_FREE]
+Text = Annotated[str, StringConstraints(max_length=100_000), _NUL_FREE]
 #: Attempts of one task; far above any retry policy, below every database's integer.
 Attempt = Annotated[int, Field(ge=1, le=1_000_000)]
 #: A moment on the bus: with a UTC offset, written in the years 1970 to 8999, stored in UTC
@@ -85,6 +94,48 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+_NulFreeText = Annotated[str, StringConstraints(pattern=NUL_FREE_PATTERN)]
+#: Keys that match no pattern are not allowed: a key with a NUL character.
+_ONLY_PATTERN_KEYS = Field(json_schema_extra={"additionalProperties": False})
+
+
+class NulFreeJson(
+    RootModel[
+        _NulFreeText
+        | float
+        | bool
+        | None
+        | list["NulFreeJson"]
+        | Annotated[dict[_NulFreeText, "NulFreeJson"], _ONLY_PATTERN_KEYS]
+    ]
+):
+    """Any JSON value without a NUL character in a key or a string.
+
+    The OpenAPI's description of a payload or a result (`_DescribedAs`), not how they are read.
+    """
+
+
+#: A JSON object without a NUL character in a key or a string: a send's `payload`.
+NulFreeObject = Annotated[dict[_NulFreeText, NulFreeJson], _ONLY_PATTERN_KEYS]
+
+
+class _DescribedAs:
+    """Describes a field in JSON Schema as another type: `payload` and `result` are validated as
+    any JSON and scanned by `_NoNul` (quicker than the recursive NulFreeJson would be)."""
+
+    def __init__(self, described: Any) -> None:
+        self.adapter: TypeAdapter[Any] = TypeAdapter(described)
+
+    def __get_pydantic_json_schema__(
+        self, _: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(self.adapter.core_schema)
+
+
+Payload = Annotated[dict[str, Any], _DescribedAs(NulFreeObject)]
+Result = Annotated[Any, _DescribedAs(NulFreeJson)]
+
+
 class _NoNul(BaseModel):
     """Refuses NUL characters anywhere, so what the API accepts every database can store."""
 
@@ -104,7 +155,7 @@ class SendFields(_NoNul):
     to: Name
     type: Literal["task", "message"] = "message"
     cmd: Cmd | None = None
-    payload: dict[str, Any] | None = None
+    payload: Payload | None = None
     text: Text | None = None
     conversation_id: Ident | None = None
 
@@ -191,7 +242,7 @@ class CallbackRequest(_NoNul):
     task_id: Ident
     child_id: Name | None = None
     status: Literal["done", "failed"] = "done"
-    result: Any = None
+    result: Result = None
     error: Text | None = None
     #: The run that produced the outcome: with `run_id` and `started_at` the tracker records
     #: the run's `processing` entry, which a fast child does not publish itself.

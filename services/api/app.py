@@ -90,4 +90,5 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(health.router)
 
     hand_read.build_handlers(app)
+    hand_read.add_components(app)
     return app

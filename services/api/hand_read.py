@@ -69,6 +69,18 @@ def build_handlers(app: FastAPI) -> None:
         pass
 
 
+def add_components(app: FastAPI) -> None:
+    """Add the schemas the hand-read bodies refer to (`documented`) to the app's OpenAPI."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # made once, then FastAPI's cached copy: the update is idempotent
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(_COMPONENTS)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's way to extend its OpenAPI
+
+
 def caller(request: Request, *scopes: str) -> Principal:
     """The key's holder, if it has one of `scopes` (else 401, 403 or 429)."""
     return authorized(request, request.headers.get(API_KEY_HEADER), *scopes)
@@ -98,15 +110,21 @@ def _located(exc: ValidationError, *where: str) -> list[dict[str, Any]]:
     return [{**e, "loc": (*where, *e["loc"])} for e in exc.errors(include_url=False)]
 
 
+#: The schemas the hand-read bodies refer to (a model's `$defs`), for the OpenAPI's components.
+_COMPONENTS: dict[str, Any] = {}
+_COMPONENT_REF = "#/components/schemas/{model}"
+
+
 def documented(
     model: type[BaseModel], headers: dict[str, tuple[str, str | None]] | None = None
 ) -> dict[str, Any]:
     """The OpenAPI of a hand-read body, and of optional headers: name → (description, pattern)."""
+    # A schema's `#/$defs/…` would point at the root of the whole OpenAPI document: its
+    # definitions go to the components, as FastAPI does with the bodies it reads.
+    schema = model.model_json_schema(by_alias=True, ref_template=_COMPONENT_REF)
+    _COMPONENTS.update(schema.pop("$defs", {}))
     doc: dict[str, Any] = {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema(by_alias=True)}},
-        }
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
     }
     if headers:
         doc["parameters"] = [

@@ -117,6 +117,11 @@ def test_a_timestamp_on_the_wire_is_read_as_pydantic_reads_it() -> None:
         ({"from": "m", "to": "delay.b", "type": "task"}, False, True),
         ({"from": "m", "to": "delayed", "type": "task"}, True, False),
         ({"from": "m", "to": "a.parked"}, True, False),  # a message names no pool
+        ({"from": "m", "to": "c", "payload": {"k": [{"n": 1.5, "s": "é"}]}}, True, False),
+        ({"from": "m", "to": "c", "payload": {"k": ["a\x00"]}}, False, True),
+        ({"from": "m", "to": "c", "payload": {"k": {"k\x00": 1}}}, False, True),
+        ({"from": "m", "to": "c", "text": "a\x00b"}, False, True),
+        ({"from": "m", "to": "c", "cmd": "a\x00"}, False, True),
     ],
 )
 def test_a_send_is_accepted_as_documented(
@@ -124,3 +129,12 @@ def test_a_send_is_accepted_as_documented(
 ) -> None:
     assert documented(SendRequest, body) is ok
     assert accepted(SendRequest, body) is not refused_by_the_model
+
+
+@pytest.mark.parametrize(
+    ("result", "ok"), [({"a": [1, None, "x"]}, True), ("a\x00", False), ({"\x00": 1}, False)]
+)
+def test_a_callbacks_result_is_accepted_as_documented(result: Any, ok: bool) -> None:
+    body = {"task_id": "t_1", "result": result}
+    assert documented(CallbackRequest, body) is ok
+    assert accepted(CallbackRequest, body) is ok
