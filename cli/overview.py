@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from cli.common import run, settings
-from shared.overview import Overview, fetch_overview
 from shared.settings import BusSettings
+
+if TYPE_CHECKING:  # aiohttp and the rest only when the command runs: `convbus api` loads this
+    from shared.overview import Overview
 
 
 def render_table(overview: Overview) -> str:
@@ -44,6 +47,8 @@ def render_table(overview: Overview) -> str:
 
 def cmd_overview(args: argparse.Namespace) -> None:
     """Queue depths, consumers, parked and retrying tasks, tracker lag."""
+    from shared.overview import fetch_overview
+
     bus = settings(BusSettings)
 
     async def main() -> None:

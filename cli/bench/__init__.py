@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import uvloop
-
 from cli.common import CommandError, settings
 from shared.errors import BusError
 from shared.settings import BusSettings
@@ -39,6 +37,8 @@ def _named_url(text: str) -> tuple[str, str]:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     """Measure a running bus: N tasks sent over HTTP, their completions read from its log."""
+    import uvloop
+
     from cli.bench.run import BenchConfig, render, run_bench
 
     key = args.key

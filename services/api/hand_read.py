@@ -14,7 +14,7 @@ import codecs
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import FastAPIError, RequestValidationError
 from fastapi.routing import APIRoute, _effective_route_context_var, iter_route_contexts
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -60,6 +60,18 @@ class HandReadRoute(APIRoute):
                 f"only the Request (found {declared!r:.200})"
             )
         return cast(Endpoint, self.endpoint)
+
+
+def mount_first(app: FastAPI, router: APIRouter) -> None:
+    """Serve `router`'s routes before any other route of `app`, as routes of its own.
+
+    The two requests every task makes are then matched first, and without the second match an
+    included router costs (FastAPI matches an inclusion, then the route in it: 30 µs a request).
+    Dependencies of the app would not reach them: refused here, as on the routes themselves.
+    """
+    if app.router.dependencies or router.dependencies:
+        raise FastAPIError("a hand-read route reads its own request: no dependencies of the app")
+    app.router.routes[:0] = router.routes
 
 
 def build_handlers(app: FastAPI) -> None:

@@ -21,7 +21,7 @@ from services.api.app import create_app
 from services.api.auth import KeyRing
 from services.api.deps import Services
 from services.api.errors import ApiError
-from services.api.hand_read import HandReadRoute, build_handlers
+from services.api.hand_read import HandReadRoute, build_handlers, mount_first
 from services.api.limits import Limiter
 from shared.errors import BrokerUnavailable, DatabaseUnavailable
 from shared.settings import ApiSettings
@@ -164,6 +164,14 @@ def _included(**inclusion: Any) -> FastAPI:
     return app
 
 
+def _mounted(app: FastAPI) -> FastAPI:
+    """A hand-read route mounted first in `app`, as create_app mounts send and callback."""
+    router = APIRouter(route_class=HandReadRoute)
+    router.add_api_route("/x", refused, methods=["POST"])
+    mount_first(app, router)
+    return app
+
+
 async def needs(request: Request) -> None:
     raise AssertionError("a hand-read route never solves dependencies")
 
@@ -178,8 +186,9 @@ async def with_query(request: Request, limit: int = 1) -> Response:
         lambda: _hand_read_app(refused, dependencies=[Depends(needs)]),
         lambda: _hand_read_app(with_query),
         lambda: _included(dependencies=[Depends(needs)]),
+        lambda: _mounted(FastAPI(dependencies=[Depends(needs)])),
     ],
-    ids=["on the route", "a parameter", "on its inclusion"],
+    ids=["on the route", "a parameter", "on its inclusion", "on the app"],
 )
 def test_a_dependency_a_hand_read_route_would_skip_is_refused_when_the_app_is_built(
     build: Any,
