@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
 
 import httpx
 import pytest
@@ -147,3 +149,19 @@ def test_a_taken_ops_port_stops_the_child_with_a_clear_message(bus: Bus) -> None
     second = bus.start_child("child", RELAY_OPS_PORT=str(first.port))
     assert second.popen.wait(30) != 0
     assert f"RELAY_OPS_PORT {first.port}" in second.output()
+
+
+def test_the_api_on_a_taken_port_exits_instead_of_hanging(bus: Bus) -> None:
+    # Its broker link was connecting when uvicorn gave up: the half-made connection's reconnect
+    # loop kept the event loop, and the process, alive for good (shared/amqp.py closes it now).
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        api = bus.start("api", "api", "--port", str(port))
+        try:
+            code = api.popen.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running:\n{api.output()[-3000:]}") from None
+    assert code != 0
+    assert "address already in use" in api.output()
