@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,6 +201,21 @@ async def test_connection_refused_is_retried_then_callback_failed() -> None:
             await client.send(body())
     finally:
         await client.close()
+
+
+async def test_the_wait_follows_every_failure_the_last_one_included() -> None:
+    # The seed's rule: a task whose callback failed goes back to the queue no sooner than the
+    # wait after its last attempt. Waits are 0.05, 0.1 and 0.2 s plus jitter; a refused
+    # connection fails at once, so the waits are the time taken (a sleep never ends early).
+    client = make_client(f"http://127.0.0.1:{_closed_port()}", attempts=3, backoff=0.05)
+    started = time.monotonic()
+    try:
+        with pytest.raises(CallbackFailed):
+            await client.send(body())
+    finally:
+        await client.close()
+    assert client.delays() == [0.05, 0.1, 0.2]
+    assert time.monotonic() - started >= 0.35
 
 
 async def test_a_given_session_is_used(api: Api) -> None:
