@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 from collections.abc import Coroutine
@@ -23,10 +24,18 @@ class CommandError(BusError):
         self.exit_code = exit_code
 
 
-def settings(cls: type[S]) -> S:
-    """The settings of `cls` from the environment; invalid ones are a CommandError."""
+def whole_number(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return int(text)
+
+
+def settings(cls: type[S], **given: Any) -> S:
+    """The settings of `cls` from the environment, `given` (a command's flags) over them;
+    invalid ones are a CommandError."""
     try:
-        return cls()
+        return cls(**given)
     except ValidationError as exc:
         raise CommandError(f"invalid settings: {_one_line(exc, cls)}") from exc
 
@@ -38,6 +47,9 @@ def _one_line(exc: ValidationError, cls: type[BusSettings]) -> str:
     for error in exc.errors(include_url=False):
         field = str(error["loc"][0]) if error["loc"] else ""
         name = f"{prefix}{field}".upper() if field in cls.model_fields else field
+        if not name:  # a rule over several settings: its message names them
+            said.append(error["msg"].removeprefix("Value error, "))
+            continue
         got = f" (got {error['input']!r:.80})" if isinstance(error["input"], str) else ""
         said.append(f"{name}: {error['msg']}{got}")
     return "; ".join(said)

@@ -10,7 +10,7 @@ import signal
 import time
 from typing import Any
 
-from cli.common import CommandError, run, settings, until_signalled
+from cli.common import CommandError, run, settings, until_signalled, whole_number
 from cli.database import migrate_now
 from cli.processes import BusProcess, stop_all
 from shared.settings import ApiSettings, ChildSettings, TrackerSettings
@@ -48,7 +48,8 @@ def cmd_child(args: argparse.Namespace) -> None:
     registry = builtins
     for spec in args.handlers or []:
         registry.update(load(spec))
-    worker = Worker(settings(ChildSettings), args.pool, registry)
+    given = {"concurrency": args.concurrency} if args.concurrency is not None else {}
+    worker = Worker(settings(ChildSettings, **given), args.pool, registry)
 
     async def main() -> None:
         await until_signalled(worker.stop, asyncio.ensure_future(worker.run()))
@@ -126,6 +127,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="MODULE:ATTR",
         help="a services.child.Registry of your handlers (repeatable)",
     )
+    child.add_argument(
+        "--concurrency", type=whole_number, metavar="N",
+        help="most handlers run at once, sync or async (RELAY_CONCURRENCY, default 2000)",
+    )  # fmt: skip
     child.set_defaults(func=cmd_child)
 
     tracker = sub.add_parser("tracker", help="record the bus's events in the database")

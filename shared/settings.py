@@ -8,13 +8,27 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contract import NAME_PATTERN
 from shared.durations import Duration
 from shared.errors import ConfigError
 from shared.retry import RetryPolicies
+
+#: A child's handlers at once by default (RELAY_CONCURRENCY): see docs/performance.md.
+DEFAULT_CONCURRENCY = 2000
+MAX_CONCURRENCY = 50_000
+#: RabbitMQ's prefetch count is a 16-bit number.
+MAX_PREFETCH = 65_535
 
 #: The key the seed published in its README; accepted only in dev mode.
 SEED_DEV_API_KEY = "lynker_relay_secret_2025"
@@ -125,7 +139,12 @@ class ChildSettings(BusSettings):
         default="http://127.0.0.1:8008",
         validation_alias=AliasChoices("LYNKER_API_BASE", "RELAY_API_BASE"),
     )
-    prefetch: int = Field(default=32, ge=1, le=10_000)
+    #: Most handlers one child runs at once, sync or async: handlers mostly wait (on a model, a
+    #: tool), so this is far above the CPU count. Unset: RELAY_PREFETCH if that is set.
+    concurrency: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=MAX_CONCURRENCY)
+    #: Deliveries a child holds unacked: running, calling back, or waiting for a handler.
+    #: Unset: the concurrency. Above it, deliveries wait in the child for a free handler.
+    prefetch: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=MAX_PREFETCH)
     callback_attempts: int = Field(default=3, ge=1, le=20)
     #: Wait after the first failed callback attempt; it doubles after each (1 s, 2 s, 4 s).
     callback_backoff: float = Field(default=1.0, ge=0, le=300)
@@ -145,6 +164,29 @@ class ChildSettings(BusSettings):
     #: Where /healthz, /readyz and /metrics are served; port 0 serves none.
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(default=8010, ge=0, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _each_follows_the_other(cls, data: object) -> object:
+        """An unset concurrency or prefetch takes the other's value (RELAY_PREFETCH alone keeps
+        meaning what it meant before the concurrency existed)."""
+        if not isinstance(data, dict):
+            return data
+        given = {k: v for k, v in data.items() if k in ("concurrency", "prefetch") and v != ""}
+        data = {k: v for k, v in data.items() if k not in ("concurrency", "prefetch")}
+        data["concurrency"] = given.get("concurrency", given.get("prefetch", DEFAULT_CONCURRENCY))
+        data["prefetch"] = given.get("prefetch", data["concurrency"])
+        return data
+
+    @model_validator(mode="after")
+    def _prefetch_holds_the_concurrency(self) -> ChildSettings:
+        if self.prefetch < self.concurrency:
+            raise ValueError(
+                f"RELAY_PREFETCH={self.prefetch} would hold the child to {self.prefetch} "
+                f"handlers at once, below RELAY_CONCURRENCY={self.concurrency}: unset "
+                "RELAY_PREFETCH (it follows the concurrency) or raise it"
+            )
+        return self
 
     @cached_property
     def worker_name(self) -> str:

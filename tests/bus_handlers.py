@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -78,3 +79,67 @@ async def never(task: TaskMessage) -> None:
 def crash(task: TaskMessage) -> None:
     """Kills the worker that runs it, as a segfaulting library would."""
     os._exit(3)
+
+
+# Handlers that finish only once `parties` of them run at once in this child (per `group`):
+# proof that the child runs that many together. After `within` seconds they give up (failed).
+_gathered: dict[str, int] = {}
+_all_there: dict[str, asyncio.Event] = {}
+_barriers: dict[str, threading.Barrier] = {}
+_barriers_lock = threading.Lock()
+
+
+@handlers.handler("together")
+async def together(task: TaskMessage) -> dict[str, Any]:
+    payload = task.payload or {}
+    group, parties = str(payload["group"]), int(payload["parties"])
+    _gathered[group] = _gathered.get(group, 0) + 1
+    event = _all_there.setdefault(group, asyncio.Event())
+    if _gathered[group] >= parties:
+        event.set()
+    try:
+        await asyncio.wait_for(event.wait(), float(payload.get("within", 30)))
+    except TimeoutError:
+        raise NeverRetry(f"only {_gathered[group]} of {parties} ran at once") from None
+    return {"together": parties}
+
+
+@handlers.handler("together_sync")
+def together_sync(task: TaskMessage) -> dict[str, Any]:
+    payload = task.payload or {}
+    group, parties = str(payload["group"]), int(payload["parties"])
+    with _barriers_lock:
+        barrier = _barriers.setdefault(
+            group, threading.Barrier(parties, timeout=float(payload.get("within", 30)))
+        )
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        raise NeverRetry(f"fewer than {parties} ran at once") from None
+    return {"together": parties}
+
+
+_running: set[str] = set()
+
+
+@handlers.handler("count_running")
+async def count_running(task: TaskMessage) -> dict[str, Any]:
+    """Naps; says how many of these ran at once in this child at most while it ran."""
+    _running.add(task.task_id)
+    peak = len(_running)
+    try:
+        for _ in range(10):
+            await asyncio.sleep(float((task.payload or {}).get("seconds", 0.3)) / 10)
+            peak = max(peak, len(_running))
+    finally:
+        _running.discard(task.task_id)
+    return {"peak": peak}
+
+
+@handlers.handler("block_on")
+def block_on(task: TaskMessage) -> dict[str, Any]:
+    """Blocks its thread for `seconds` on the child named `child`, not on others."""
+    payload = task.payload or {}
+    if os.environ.get("RELAY_CHILD_ID") == payload.get("child"):
+        time.sleep(float(payload.get("seconds", 120)))
+    return {"ran_on": os.environ.get("RELAY_CHILD_ID")}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from services.child.threads import HandlerThreads
 from shared.errors import ConfigError
 from shared.schemas import TaskMessage
 
@@ -39,14 +39,14 @@ class Registry:
     def commands(self) -> list[str]:
         return sorted(self._handlers)
 
-    async def run(self, task: TaskMessage) -> Any:
-        """Run the handler of the task's command; sync handlers run in a thread."""
+    async def run(self, task: TaskMessage, threads: HandlerThreads) -> Any:
+        """Run the handler of the task's command; sync handlers run on one of `threads`."""
         func = self._handlers.get(task.cmd or "", self.fallback)
         if func is None:
             raise LookupError(f"no handler for cmd {task.cmd!r}")
         if inspect.iscoroutinefunction(func):
             return await func(task)
-        result = await asyncio.to_thread(func, task)
+        result = await threads.run(func, task)
         if inspect.isawaitable(result):
             return await result
         return result

@@ -17,6 +17,7 @@ from services.child.callback import CallbackClient
 from services.child.handlers import Registry
 from services.child.run_events import Run, RunEvents
 from services.child.state import FinishedTasks
+from services.child.threads import HandlerThreads
 from shared import amqp, metrics
 from shared.errors import (
     BrokerUnavailable,
@@ -91,6 +92,9 @@ class Worker:
             settings.state_retention_days * 86_400,
         )
         self.stop = asyncio.Event()
+        #: Handlers running at once, async or sync; `threads` runs the sync ones.
+        self._handler_slots = asyncio.Semaphore(settings.concurrency)
+        self.threads = HandlerThreads(settings.concurrency, name=f"handler-{pool}")
         self._in_flight: set[asyncio.Task[None]] = set()
         self._publisher: AbstractChannel | None = None
         self._declared: Declared | None = None
@@ -156,7 +160,11 @@ class Worker:
         tag = await queue.consume(self._on_message)
         self._consuming = True
         log.info(
-            "child %s consuming %s (prefetch %d)", self.child_id, queue.name, self.settings.prefetch
+            "child %s consuming %s (%d handlers at once, prefetch %d)",
+            self.child_id,
+            queue.name,
+            self.settings.concurrency,
+            self.settings.prefetch,
         )
         await self.stop.wait()
         self._consuming = False
@@ -219,19 +227,14 @@ class Worker:
                 log.info("task %s is completed on the bus; not running it again", task.task_id)
                 self._count["skipped"].inc()
                 return Verdict.ACK
-            events = self._run_events()
-            run = Run(attempt)
-            pending = events.processing_when_slow(task, run)
-            try:
-                outcome = await self._run_handler(task, policy)
-            except _Retry as retry:
-                await events.end(pending, task, run, publish=True)
-                return await self._retry_or_park(message, task, attempt, policy, retry)
-            finally:
-                if not run.processing_published:  # a publish under way is left to finish
-                    pending.cancel()
-            await events.end(pending, task, run, publish=False)
-            outcome = outcome.model_copy(update=run.fields())
+            ran = await self._run_in_a_slot(task, attempt, policy)
+            if isinstance(ran, _Retry):
+                return await self._retry_or_park(message, task, attempt, policy, ran)
+            if ran is None:
+                log.info("task %s not started: the child is stopping", task.task_id)
+                self._count["requeued"].inc()
+                return Verdict.REQUEUE
+            outcome = ran
             self.finished.put(outcome)
         started = time.perf_counter()
         try:
@@ -249,11 +252,33 @@ class Worker:
         self._count["completed" if status == "done" else "failed"].inc()
         return Verdict.ACK
 
+    async def _run_in_a_slot(
+        self, task: TaskMessage, attempt: int, policy: RetryPolicy
+    ) -> CallbackRequest | _Retry | None:
+        """Run the handler once one of the concurrency's slots is free: its outcome with the
+        run's fields, the retry it asks for, or None when the child began stopping first."""
+        async with self._handler_slots:
+            if self.stop.is_set():
+                return None
+            events = self._run_events()
+            run = Run(attempt)
+            pending = events.processing_when_slow(task, run)
+            try:
+                outcome = await self._run_handler(task, policy)
+            except _Retry as retry:
+                await events.end(pending, task, run, publish=True)
+                return retry
+            finally:
+                if not run.processing_published:  # a publish under way is left to finish
+                    pending.cancel()
+            await events.end(pending, task, run, publish=False)
+            return outcome.model_copy(update=run.fields())
+
     async def _run_handler(self, task: TaskMessage, policy: RetryPolicy) -> CallbackRequest:
         """The handler's outcome; raises _Retry when another attempt should be made."""
         started = time.perf_counter()
         try:
-            result = await self.registry.run(task)
+            result = await self.registry.run(task, self.threads)
         except asyncio.CancelledError:
             raise
         except RetryLater as exc:

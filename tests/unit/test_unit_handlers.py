@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 
 from services.child.handlers import Registry, builtins, echo, load
+from services.child.threads import HandlerThreads
 from shared.errors import ConfigError
 from shared.schemas import TaskMessage
+
+THREADS = HandlerThreads(4, idle_seconds=1)
 
 
 def task(cmd: str | None = "work", **fields: Any) -> TaskMessage:
@@ -32,7 +35,7 @@ async def test_async_handler_runs() -> None:
     async def work(t: TaskMessage) -> dict[str, Any]:
         return {"got": t.payload}
 
-    assert await registry.run(task(payload={"a": 1})) == {"got": {"a": 1}}
+    assert await registry.run(task(payload={"a": 1}), THREADS) == {"got": {"a": 1}}
 
 
 async def test_sync_handler_runs_in_a_thread() -> None:
@@ -45,7 +48,7 @@ async def test_sync_handler_runs_in_a_thread() -> None:
         seen.append(threading.get_ident())
         return f"sync {t.cmd}"
 
-    assert await registry.run(task()) == "sync work"
+    assert await registry.run(task(), THREADS) == "sync work"
     assert seen and seen[0] != loop_thread
 
 
@@ -59,7 +62,7 @@ async def test_sync_handler_returning_an_awaitable_is_awaited() -> None:
     def work(t: TaskMessage) -> Coroutine[Any, Any, str]:
         return later(t)  # a plain function that hands back a coroutine
 
-    assert await registry.run(task()) == "awaited"
+    assert await registry.run(task(), THREADS) == "awaited"
 
 
 async def test_handler_exceptions_propagate() -> None:
@@ -70,7 +73,7 @@ async def test_handler_exceptions_propagate() -> None:
         raise KeyError("user_id")
 
     with pytest.raises(KeyError):
-        await registry.run(task())
+        await registry.run(task(), THREADS)
 
 
 def test_handler_decorator_returns_the_function() -> None:
@@ -88,18 +91,18 @@ async def test_unknown_cmd_runs_the_fallback() -> None:
         return f"fallback {t.cmd}"
 
     registry = Registry(fallback=fallback)
-    assert await registry.run(task("nobody")) == "fallback nobody"
+    assert await registry.run(task("nobody"), THREADS) == "fallback nobody"
 
 
 async def test_task_without_cmd_runs_the_fallback() -> None:
     registry = Registry(fallback=lambda t: "fb")
-    assert await registry.run(task(None)) == "fb"
+    assert await registry.run(task(None), THREADS) == "fb"
 
 
 async def test_unknown_cmd_without_fallback_is_a_lookup_error() -> None:
     registry = Registry()
     with pytest.raises(LookupError, match="nobody"):
-        await registry.run(task("nobody"))
+        await registry.run(task("nobody"), THREADS)
 
 
 async def test_update_merges_handlers_and_takes_the_other_fallback() -> None:
@@ -113,16 +116,16 @@ async def test_update_merges_handlers_and_takes_the_other_fallback() -> None:
     ours.update(theirs)
 
     assert ours.commands() == ["a", "b", "c"]
-    assert await ours.run(task("a")) == "our a"
-    assert await ours.run(task("b")) == "their b"
-    assert await ours.run(task("c")) == "their c"
-    assert await ours.run(task("zzz")) == "their fallback"
+    assert await ours.run(task("a"), THREADS) == "our a"
+    assert await ours.run(task("b"), THREADS) == "their b"
+    assert await ours.run(task("c"), THREADS) == "their c"
+    assert await ours.run(task("zzz"), THREADS) == "their fallback"
 
 
 async def test_update_without_fallback_keeps_ours() -> None:
     ours = Registry(fallback=lambda t: "our fallback")
     ours.update(Registry())
-    assert await ours.run(task("zzz")) == "our fallback"
+    assert await ours.run(task("zzz"), THREADS) == "our fallback"
 
 
 def test_update_does_not_touch_the_other_registry() -> None:
@@ -140,28 +143,28 @@ def test_builtins_commands() -> None:
 
 
 async def test_builtin_verify_chart() -> None:
-    result = await builtins.run(task("verify_chart", payload={"user_id": "u1"}))
+    result = await builtins.run(task("verify_chart", payload={"user_id": "u1"}), THREADS)
     assert result == {"summary": "命盘验证完成", "score": 0.85, "user_id": "u1"}
 
 
 async def test_builtin_verify_chart_without_payload() -> None:
-    result = await builtins.run(task("verify_chart"))
+    result = await builtins.run(task("verify_chart"), THREADS)
     assert isinstance(result, dict)
     assert result["user_id"] is None
 
 
 async def test_builtin_generate_brief() -> None:
-    result = await builtins.run(task("generate_brief", text="x" * 150))
+    result = await builtins.run(task("generate_brief", text="x" * 150), THREADS)
     assert result == {"brief": "简报: " + "x" * 100, "length": 150}
 
 
 async def test_builtin_generate_brief_without_text() -> None:
-    result = await builtins.run(task("generate_brief"))
+    result = await builtins.run(task("generate_brief"), THREADS)
     assert result == {"brief": "简报: 无内容", "length": 0}
 
 
 async def test_builtin_fallback_echoes() -> None:
-    result = await builtins.run(task("anything", payload={"k": [1]}, text="hi"))
+    result = await builtins.run(task("anything", payload={"k": [1]}, text="hi"), THREADS)
     assert result == {"echo": {"cmd": "anything", "payload": {"k": [1]}, "text": "hi"}}
 
 

@@ -194,3 +194,50 @@ def test_the_seeds_published_key_is_refused_outside_dev_mode(
     monkeypatch.setenv("RELAY_KEYS", spec)
     with pytest.raises(ConfigError, match="published key"):
         KeyRing.from_settings(ApiSettings())
+
+
+@pytest.mark.parametrize(
+    ("env", "concurrency", "prefetch"),
+    [
+        ({}, 2000, 2000),
+        ({"RELAY_CONCURRENCY": "50"}, 50, 50),
+        # RELAY_PREFETCH alone keeps its old meaning: that many tasks at once.
+        ({"RELAY_PREFETCH": "8"}, 8, 8),
+        ({"RELAY_CONCURRENCY": "10", "RELAY_PREFETCH": "64"}, 10, 64),
+        ({"RELAY_CONCURRENCY": "", "RELAY_PREFETCH": ""}, 2000, 2000),
+    ],
+)
+def test_concurrency_and_prefetch_follow_each_other(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], concurrency: int, prefetch: int
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s = ChildSettings()
+    assert (s.concurrency, s.prefetch) == (concurrency, prefetch)
+
+
+def test_a_prefetch_below_the_concurrency_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_CONCURRENCY", "100")
+    monkeypatch.setenv("RELAY_PREFETCH", "64")
+    with pytest.raises(ValidationError, match="RELAY_PREFETCH=64 would hold the child to 64"):
+        ChildSettings()
+
+
+def test_a_flag_overrides_the_concurrency_and_the_prefetch_follows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RELAY_CONCURRENCY", "100")
+    s = ChildSettings(concurrency=7)
+    assert (s.concurrency, s.prefetch) == (7, 7)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("RELAY_CONCURRENCY", "0"), ("RELAY_CONCURRENCY", "50001"), ("RELAY_PREFETCH", "65536")],
+)
+def test_concurrency_and_prefetch_out_of_range(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValidationError):
+        ChildSettings()
