@@ -13,6 +13,7 @@ from typing import Any
 from cli.common import CommandError, run, settings, until_signalled, whole_number
 from cli.database import migrate_now
 from cli.processes import BusProcess, stop_all
+from shared.contract import API_IDLE_CONNECTION_SECONDS
 from shared.settings import ApiSettings, ChildSettings, TrackerSettings
 
 log = logging.getLogger("convbus")
@@ -38,6 +39,7 @@ def cmd_api(args: argparse.Namespace) -> None:
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=API_IDLE_CONNECTION_SECONDS,
     )
 
 

@@ -12,6 +12,11 @@ IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 #: On a callback: `1` when the child never sent a callback for this task before.
 FIRST_CALLBACK_HEADER = "X-Relay-First-Callback"
 
+#: Seconds the API keeps an idle keep-alive connection open. A client reusing its connections
+#: should close idle ones sooner: a connection the server closes just as the client reuses it
+#: fails that request ("Can not write request body") and costs a retry.
+API_IDLE_CONNECTION_SECONDS = 75
+
 #: A party's or a pool's name (`from`, `to`, `child_id`, a key's name): 1-64 of these.
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 #: An id (task, conversation, event, run) or an Idempotency-Key: 1-128 of the same.

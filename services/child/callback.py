@@ -15,6 +15,12 @@ from shared.schemas import CallbackRequest, CallbackResponse
 
 log = logging.getLogger(__name__)
 
+#: An idle connection to the API is closed after this long: well before the API closes it
+#: (API_IDLE_CONNECTION_SECONDS), so a callback never races the server's close of the
+#: connection it reuses (uvicorn's default of 5 s made about 1 callback in 200 fail once, and
+#: wait a second, with thousands of handlers at once).
+IDLE_CONNECTION_SECONDS = 30
+
 
 class _Unanswered(Exception):
     """No 2xx this time, for a reason another try may not have: the API or its database down,
@@ -47,7 +53,7 @@ class CallbackClient:
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=IDLE_CONNECTION_SECONDS)
             )
         return self._session
 

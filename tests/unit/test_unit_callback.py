@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from services.child.callback import CallbackClient
-from shared.contract import API_KEY_HEADER, FIRST_CALLBACK_HEADER
+from services.child.callback import IDLE_CONNECTION_SECONDS, CallbackClient
+from shared.contract import API_IDLE_CONNECTION_SECONDS, API_KEY_HEADER, FIRST_CALLBACK_HEADER
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
 from shared.schemas import CallbackRequest
 
@@ -259,3 +259,23 @@ async def test_first_is_said_on_the_first_try_only(api: Api) -> None:
     finally:
         await client.close()
     assert [r["first"] for r in api.requests] == ["1", None, None]
+
+
+def test_the_child_closes_idle_connections_before_the_api_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The other way round, a callback reusing a connection the API is closing fails ("Can not
+    # write request body") and waits a second for its retry: about 1 in 200 with thousands of
+    # handlers at once and uvicorn's default 5 s.
+    import argparse
+
+    import uvicorn
+
+    from cli.services import cmd_api
+
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(options))
+    monkeypatch.setenv("RELAY_DEV_MODE", "true")
+    cmd_api(argparse.Namespace(host=None, port=None))
+    assert served["timeout_keep_alive"] == API_IDLE_CONNECTION_SECONDS
+    assert IDLE_CONNECTION_SECONDS < API_IDLE_CONNECTION_SECONDS
