@@ -25,8 +25,9 @@ import aiormq
 import orjson
 import psycopg
 from aio_pika.abc import AbstractChannel
-from local_bus import POOL, LocalBus  # scripts/, beside this file
+from local_bus import BENCH_HANDLERS, POOL, LocalBus  # scripts/, beside this file
 
+from cli.bench import handlers
 from cli.processes import BusProcess
 from shared import amqp
 from shared.contract import API_KEY_HEADER, SEND_PATH
@@ -464,10 +465,21 @@ class _Sends:
     """What the senders share (one event loop: no locks)."""
 
     n: int
+    #: The handlers' wait (cli/bench/handlers.py); None: echo tasks.
+    handler_ms: int | None = None
+    sync: bool = False
     next_index: int = 0
     accepted: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     fatal: str | None = None
+
+    def cmd(self) -> str:
+        if self.handler_ms is None:
+            return "echo"
+        return handlers.SYNC_CMD if self.sync else handlers.ASYNC_CMD
+
+    def payload(self, index: int) -> dict[str, int]:
+        return {"n": index} if self.handler_ms is None else {"n": index, "ms": self.handler_ms}
 
 
 async def _sender(api: str, key: str, sends: _Sends) -> None:
@@ -482,8 +494,8 @@ async def _sender(api: str, key: str, sends: _Sends) -> None:
             index = sends.next_index
             sends.next_index += 1
             body = orjson.dumps(
-                {"from": "master", "to": POOL, "type": "task", "cmd": "echo",
-                 "payload": {"n": index}}
+                {"from": "master", "to": POOL, "type": "task", "cmd": sends.cmd(),
+                 "payload": sends.payload(index)}
             )  # fmt: skip
             try:
                 async with http.post(api + SEND_PATH, data=body) as response:
@@ -523,8 +535,11 @@ _QUARTERS: dict[str, float | None] = {
 }
 
 
-async def memory(bus: LocalBus, n: int) -> dict[str, Any]:
-    """Send n tasks with no child, then drain them with one; RSS of each process throughout."""
+async def memory(
+    bus: LocalBus, n: int, handler_ms: int | None = None, sync: bool = False
+) -> dict[str, Any]:
+    """Send n tasks with no child, then drain them with one; RSS of each process throughout.
+    With `handler_ms`, each handler waits that long (async, or `sync`)."""
     topo = Topology(bus.namespace)
     counts = TaskCounts(bus.database_url())
     api = await asyncio.to_thread(bus.start_bus, 0)  # tracker and API, ready
@@ -534,19 +549,27 @@ async def memory(bus: LocalBus, n: int) -> dict[str, Any]:
         probe = await connection.channel()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             run = _Memory(bus, http, probe, api, tracker, counts)
-            send = await _send_phase(run, topo, n)
+            send = await _send_phase(run, topo, _Sends(n, handler_ms, sync))
             drain = await _drain_phase(run, topo, int(send["accepted"]), int(send["pool_depth"]))
     finally:
         await connection.close()
         counts.close()
-    return {"case": "memory", "n": n, "c": CONCURRENCY, "send": send, "drain": drain}
+    return {
+        "case": "memory",
+        "n": n,
+        "c": CONCURRENCY,
+        "handler_ms": handler_ms,
+        "sync": sync,
+        "send": send,
+        "drain": drain,
+    }
 
 
-async def _send_phase(run: _Memory, topo: Topology, n: int) -> dict[str, Any]:
-    """C clients send n tasks over HTTP; then the tracker records every send."""
+async def _send_phase(run: _Memory, topo: Topology, sends: _Sends) -> dict[str, Any]:
+    """C clients send the tasks over HTTP; then the tracker records every send."""
+    n = sends.n
     urls = {"api": f"{run.api.base}/metrics", "tracker": f"{run.tracker.base}/metrics"}
     sampler = Sampler(run.http, urls, "memory, send phase")
-    sends = _Sends(n)
     stop = asyncio.Event()
     print(f"memory: sending {n} tasks with {CONCURRENCY} clients, no child")
     started = time.perf_counter()
@@ -590,7 +613,7 @@ async def _drain_phase(run: _Memory, topo: Topology, n: int, depth: int) -> dict
     """One child drains the pool; until its queue is empty and every task is completed."""
     print(f"memory: one child drains {depth} tasks")
     started = time.perf_counter()
-    child = run.bus.start("child-1", "child", "--pool", POOL)
+    child = run.bus.start("child-1", "child", "--pool", POOL, "--handlers", BENCH_HANDLERS)
     urls = {
         "child": f"{child.base}/metrics",
         "tracker": f"{run.tracker.base}/metrics",
@@ -635,7 +658,12 @@ def render_memory(f: dict[str, Any], database: str) -> str:
     send, drain = f["send"], f["drain"]
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(send["errors"].items())) or "none"
     rows = [
-        f"memory · {f['n']} tasks · {f['c']} clients · {database}",
+        f"memory · {f['n']} tasks · {f['c']} clients · {database}"
+        + (
+            ""
+            if f["handler_ms"] is None
+            else f" · each handler waits {f['handler_ms']} ms ({'sync' if f['sync'] else 'async'})"
+        ),
         f"  send phase   {send['accepted']} accepted in {send['seconds']:.1f} s "
         f"({send['sends_per_s']:.0f}/s), errors: {errors}; the tracker had recorded them "
         f"{send['tracker_done_s']:.1f} s after the first send; pool depth {send['pool_depth']}",

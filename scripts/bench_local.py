@@ -1,15 +1,21 @@
 """`make bench`: the benchmark's standard cases on a bus of its own, on this machine.
 
-    .venv/bin/python scripts/bench_local.py [--children N] [--sqlite] [--tasks N] [--rate R]
+    .venv/bin/python scripts/bench_local.py [--children N] [--sqlite] [--only echo|waiting]
+        [--tasks N] [--rate R] [--handler-ms MS] [--waiting-tasks N] [--waiting-tasks-large N]
     .venv/bin/python scripts/bench_local.py [--sqlite] [--catchup [N]] [--memory [N]]
 
 Starts a bus on the local RabbitMQ and PostgreSQL in a fresh namespace and a fresh database
 (created, migrated with `convbus migrate`, dropped at the end; `--sqlite`: a SQLite file
-instead): the tracker, the API and the children, each serving /readyz and /metrics on a free
-port. Once all are ready it warms the bus up with a few tasks, runs the standard cases of
-issue #6 with `convbus bench` (N=5000 at C=64, at C=16, and at a fixed rate at C=16 for the
-latency below saturation), prints each result and a summary, then stops everything and deletes
-the namespace's queues and exchanges and the database, also on Ctrl-C or a failure.
+instead): the tracker, the API and the children (with the benchmark's handlers,
+cli/bench/handlers.py), each serving /readyz and /metrics on a free port, every setting at its
+default. Once all are ready it warms the bus up with a few tasks and runs the standard cases
+with `convbus bench`:
+  echo (issue #6)      N=5000 at C=64, at C=16, and at a fixed rate at C=16 (the latency
+                       below saturation);
+  waiting (issue #13)  handlers that wait 2 s, async and sync, 2000 tasks and 20000 at C=64:
+                       how soon after the last send the last task is done, and the child's RSS.
+It prints each result and a summary table per kind, then stops everything and deletes the
+namespace's queues and exchanges and the database, also on Ctrl-C or a failure.
 
 `--catchup [N]` and `--memory [N]` run backlog cases instead of the standard ones, each on a
 bus of its own (scripts/bench_backlog.py), and print a table and one JSON line each:
@@ -20,7 +26,9 @@ bus of its own (scripts/bench_backlog.py), and print a table and one JSON line e
                         (at 10, 50, 90, 100 % of it; min, max) and its CPU.
   --memory N (100000)   the tracker and the API with no child; 64 clients send N tasks over
                         HTTP; then one child drains them. RSS of each process at 0, 25, 50, 75,
-                        100 % of each phase, and the drain's tasks/s.
+                        100 % of each phase, and the drain's tasks/s. With --drain-handler-ms MS
+                        (and --drain-sync), each handler waits MS ms: one child's own capacity
+                        for waiting work, with no sends competing for the CPU.
 Other RELAY_* settings in the environment reach the bus (to try a tuning), except those set
 here: the namespace, the broker, the database, the key, the ports, the log level.
 """
@@ -94,6 +102,30 @@ def summary(results: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(rows)
 
 
+def waiting_summary(results: list[tuple[str, dict[str, Any]]]) -> str:
+    """The waiting cases as a Markdown table: how soon after the last send all were done."""
+    rows = [
+        "| case | sends/s | tasks/s | last done after the last send | p50 | p99 | max | errors "
+        "| child RSS MB peak / at the end | CPU ms/task api / tracker / child-1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for title, f in results:
+        lat, cpu, n = f["latency_ms"], f["cpu_s"], f["completed"] or 1
+        after = f["after_last_send_s"]
+        rss = f"{_number(f['rss_peak_mb'].get('child-1'), 1)} / "
+        rss += _number(f["rss_end_mb"].get("child-1"), 1)
+        per_task = " / ".join(
+            _number(cpu.get(s), 1000 / n, 2) for s in ("api", "tracker", "child-1")
+        )
+        rows.append(
+            f"| {title} | {f['sends_per_s']:.0f} | {f['tasks_per_s']:.0f} | "
+            f"{'-' if after is None else f'{after:.2f} s'} | "
+            + " | ".join(_ms(lat[k]) for k in ("p50", "p99", "max"))
+            + f" | {f['errors']} | {rss} | {per_task} |"
+        )
+    return "\n".join(rows)
+
+
 def _number(value: float | None, scale: float, digits: int = 0) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
@@ -145,17 +177,35 @@ def database_name(args: argparse.Namespace) -> str:
     return "SQLite" if args.sqlite else "PostgreSQL"
 
 
-def standard_cases(args: argparse.Namespace) -> bool:
-    """The cases of issue #6 with `convbus bench`; their summary; whether all ran."""
-    cases = [
-        ("warm-up", ["-n", "200", "-c", "16"]),
-        (f"N={args.tasks} C=64", ["-n", str(args.tasks), "-c", "64"]),
-        (f"N={args.tasks} C=16", ["-n", str(args.tasks), "-c", "16"]),
-        (
-            f"N={args.tasks} C=16 rate={args.rate:g}/s",
-            ["-n", str(args.tasks), "-c", "16", "--rate", f"{args.rate:g}"],
-        ),
+def echo_cases(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """The cases of issue #6: echo tasks, no wait in the handler."""
+    n, rate = str(args.tasks), f"{args.rate:g}"
+    return [
+        (f"echo N={n} C=64", ["-n", n, "-c", "64"]),
+        (f"echo N={n} C=16", ["-n", n, "-c", "16"]),
+        (f"echo N={n} C=16 rate={rate}/s", ["-n", n, "-c", "16", "--rate", rate]),
     ]
+
+
+def waiting_cases(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """The cases of issue #13: handlers that wait (a model call), async and sync, at defaults."""
+    ms = str(args.handler_ms)
+    cases = []
+    for n in (args.waiting_tasks, args.waiting_tasks_large):
+        for sync in (False, True):
+            title = f"wait {args.handler_ms / 1000:g} s {'sync' if sync else 'async'} N={n} C=64"
+            flags = ["-n", str(n), "-c", "64", "--handler-ms", ms, "--timeout", "300"]
+            cases.append((title, flags + (["--sync"] if sync else [])))
+    return cases
+
+
+def standard_cases(args: argparse.Namespace) -> bool:
+    """The standard cases with `convbus bench`; their summary; whether all ran."""
+    cases = [("warm-up", ["-n", "200", "-c", "16"])]
+    if args.only != "waiting":
+        cases += echo_cases(args)
+    if args.only != "echo":
+        cases += waiting_cases(args)
     load_before = os.getloadavg()
     results: list[tuple[str, dict[str, Any]]] = []
 
@@ -169,9 +219,15 @@ def standard_cases(args: argparse.Namespace) -> bool:
 
     ok = on_own_bus(args, f"{args.children} child(ren)", work)
     load_after = os.getloadavg()
+    echo = [(title, f) for title, f in results if f["handler_ms"] is None]
+    waiting = [(title, f) for title, f in results if f["handler_ms"] is not None]
     if results:
         print(f"\n{database_name(args)}, {args.children} child(ren), {os.cpu_count()} CPUs")
-        print(summary(results))
+    if echo:
+        print(summary(echo))
+    if waiting:
+        print(waiting_summary(waiting))
+    if results:
         print(f"load average before {load_before}, after {load_after}")
     return ok
 
@@ -186,7 +242,9 @@ def backlog_case(args: argparse.Namespace, case: str, n: int) -> bool:
             figures = asyncio.run(bench_backlog.catchup(bus, n))
             table = bench_backlog.render_catchup(figures, database)
         else:
-            figures = asyncio.run(bench_backlog.memory(bus, n))
+            figures = asyncio.run(
+                bench_backlog.memory(bus, n, args.drain_handler_ms, args.drain_sync)
+            )
             table = bench_backlog.render_memory(figures, database)
         figures["database"] = database
         figures["machine"] = {
@@ -206,6 +264,19 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=5000, help="tasks per case (default 5000)")
     p.add_argument("--rate", type=float, default=300, help="the fixed-rate case's sends/s (300)")
     p.add_argument(
+        "--only", choices=("echo", "waiting"), help="only the echo cases, or only the waiting ones"
+    )
+    p.add_argument("--handler-ms", type=int, default=2000, help="the waiting cases' wait (2000)")
+    p.add_argument(
+        "--waiting-tasks", type=int, default=2000, help="tasks of the small waiting cases (2000)"
+    )
+    p.add_argument(
+        "--waiting-tasks-large",
+        type=int,
+        default=20000,
+        help="tasks of the large waiting cases (20000)",
+    )
+    p.add_argument(
         "--catchup",
         type=int,
         nargs="?",
@@ -220,6 +291,15 @@ def main() -> None:
         const=100_000,
         metavar="N",
         help="instead: RSS while N tasks wait with no child, then drain (default N 100000)",
+    )
+    p.add_argument(
+        "--drain-handler-ms",
+        type=int,
+        metavar="MS",
+        help="with --memory: tasks whose handler waits MS ms, not echo tasks",
+    )
+    p.add_argument(
+        "--drain-sync", action="store_true", help="with --drain-handler-ms: the sync handler"
     )
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
     p.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")

@@ -19,6 +19,8 @@ from shared.retry import RetryPolicies
 from shared.topology import Topology
 
 POOL = "child"
+#: The handlers `convbus bench --handler-ms` asks for, beside the built-in echo.
+BENCH_HANDLERS = "cli.bench.handlers:registry"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 40.0  # more than a child's shutdown grace (30 s)
 
@@ -88,7 +90,7 @@ class LocalBus:
         self.start("tracker", "tracker")
         api = self.start("api", "api", "--port", str(self.api_port), port=self.api_port)
         for n in range(children):
-            self.start(f"child-{n + 1}", "child", "--pool", POOL)
+            self.start(f"child-{n + 1}", "child", "--pool", POOL, "--handlers", BENCH_HANDLERS)
         for proc in self.procs:
             proc.wait_ready(READY_TIMEOUT)
         return api

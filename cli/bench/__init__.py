@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from cli.common import CommandError, settings
+from cli.common import CommandError, settings, whole_number
 from shared.errors import BusError
 from shared.settings import BusSettings
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+def _whole_ms(text: str) -> int:
+    from cli.bench.handlers import MAX_MS
+
+    if not text.isdigit() or int(text) > MAX_MS:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole milliseconds, 0 to {MAX_MS}")
     return int(text)
 
 
@@ -47,6 +49,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
             key = settings(BusSettings).effective_api_key()
         except BusError as exc:
             raise CommandError(f"{exc} (or give --key)") from exc
+    if args.handler_ms is not None and args.cmd is not None:
+        raise CommandError("give --cmd or --handler-ms, not both (--handler-ms sends bench.wait)")
+    if args.sync and args.handler_ms is None:
+        raise CommandError("--sync needs --handler-ms: the wait its blocking handler makes")
     config = BenchConfig(
         api=args.api.rstrip("/"),
         key=key,
@@ -54,7 +60,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         concurrency=args.concurrency,
         rate=args.rate,
         pool=args.pool,
-        cmd=args.cmd,
+        cmd=args.cmd or "echo",
+        handler_ms=args.handler_ms,
+        sync=args.sync,
         sender=args.sender,
         timeout=args.timeout,
         metrics=dict(args.metrics or []),
@@ -77,9 +85,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def _bench_parser(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--api", default="http://127.0.0.1:8008", help="the bus's API")
     bench.add_argument("--key", help="a key with the send and read scopes (default: RELAY_API_KEY)")
-    bench.add_argument("-n", "--tasks", type=_count, default=5000, help="tasks (default 5000)")
     bench.add_argument(
-        "-c", "--concurrency", type=_count, default=64,
+        "-n", "--tasks", type=whole_number, default=5000, help="tasks (default 5000)"
+    )
+    bench.add_argument(
+        "-c", "--concurrency", type=whole_number, default=64,
         help="clients, one keep-alive connection each (default 64)",
     )  # fmt: skip
     bench.add_argument(
@@ -87,7 +97,16 @@ def _bench_parser(bench: argparse.ArgumentParser) -> None:
         help="sends a second offered over all clients (default: as fast as they can)",
     )  # fmt: skip
     bench.add_argument("--pool", default="child", help="the pool (default child)")
-    bench.add_argument("--cmd", default="echo", help="the task's cmd (default echo)")
+    bench.add_argument("--cmd", help="the task's cmd (default echo)")
+    bench.add_argument(
+        "--handler-ms", type=_whole_ms, metavar="MS",
+        help="tasks whose handler waits MS ms, as a model call does (cli/bench/handlers.py: "
+        "start the child with --handlers cli.bench.handlers:registry)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--sync", action="store_true",
+        help="with --handler-ms: the blocking handler (time.sleep on a thread), not the async one",
+    )  # fmt: skip
     bench.add_argument("--from", dest="sender", default="master", help="default master")
     bench.add_argument(
         "--timeout", type=_positive_number, default=120.0,
@@ -106,4 +125,4 @@ def _bench_parser(bench: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    _bench_parser(sub.add_parser("bench", help="measure a running bus: N echo tasks over HTTP"))
+    _bench_parser(sub.add_parser("bench", help="measure a running bus: N tasks over HTTP"))

@@ -23,7 +23,15 @@ from typing import Any
 import aiohttp
 import orjson
 
-from cli.bench.usage import cpu_speed_ms, own_cpu, own_peak_rss, sample
+from cli.bench import handlers
+from cli.bench.usage import (
+    busy_share,
+    cpu_speed_ms,
+    machine_cpu,
+    own_cpu,
+    own_peak_rss,
+    sample,
+)
 from shared.contract import API_KEY_HEADER, LOGS_PATH, SEND_PATH
 from shared.errors import BusError
 
@@ -59,6 +67,10 @@ class BenchConfig:
     rate: float | None = None
     pool: str = "child"
     cmd: str = "echo"
+    #: The handler's wait in ms (cli/bench/handlers.py); None: the `cmd` given, no wait.
+    handler_ms: int | None = None
+    #: With `handler_ms`: the blocking handler (time.sleep on a thread), not the async one.
+    sync: bool = False
     sender: str = "master"
     #: Seconds to wait for completions after the last send answered.
     timeout: float = 120.0
@@ -67,6 +79,17 @@ class BenchConfig:
     #: The poller's pause when the log had nothing new: short, as it adds to every latency,
     #: but each read of the log costs the API some CPU.
     poll_interval: float = IDLE_POLL
+
+    @property
+    def task_cmd(self) -> str:
+        if self.handler_ms is None:
+            return self.cmd
+        return handlers.SYNC_CMD if self.sync else handlers.ASYNC_CMD
+
+    def payload(self, index: int) -> dict[str, int]:
+        if self.handler_ms is None:
+            return {"n": index}
+        return {"n": index, "ms": self.handler_ms}
 
 
 @dataclass
@@ -212,8 +235,8 @@ async def _client(run: _Run, headers: dict[str, str]) -> None:
                 else:
                     run.schedule_lag = max(run.schedule_lag, -wait)
             body = orjson.dumps(
-                {"from": cfg.sender, "to": cfg.pool, "type": "task", "cmd": cfg.cmd,
-                 "payload": {"n": index}}
+                {"from": cfg.sender, "to": cfg.pool, "type": "task", "cmd": cfg.task_cmd,
+                 "payload": cfg.payload(index)}
             )  # fmt: skip
             start = time.perf_counter()
             try:
@@ -254,8 +277,21 @@ async def _read_page(session: aiohttp.ClientSession, run: _Run, feed: _Feed) -> 
         if isinstance(task_id, str) and run.finish(task_id, seen, failed):
             # Read on a second pass: committed below an id the poller had passed.
             run.missed_by_cursor += feed.cursor <= feed.high
+            if not failed and not _waited(run.cfg, entry):
+                run.fatal = (
+                    f"task {task_id} completed without the wait asked for: start the child "
+                    "with --handlers cli.bench.handlers:registry"
+                )
     feed.high = max(feed.high, feed.cursor)
     return len(entries)
+
+
+def _waited(cfg: BenchConfig, entry: dict[str, Any]) -> bool:
+    """Whether a completion came from the benchmark's handler, when one was asked for."""
+    if cfg.handler_ms is None:
+        return True
+    result = entry.get("result")
+    return isinstance(result, dict) and result.get("waited_ms") == cfg.handler_ms
 
 
 async def _poll(run: _Run, headers: dict[str, str], callbacks: _Feed, dead: _Feed) -> None:
@@ -286,7 +322,7 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         callbacks = _Feed("callback", await _last_id(session, cfg.api, "callback"))
         dead = _Feed("dead", await _last_id(session, cfg.api, "dead"))
     run = _Run(cfg)
-    cpu_before = own_cpu()
+    cpu_before, machine_before = own_cpu(), machine_cpu()
     stop = asyncio.Event()
     async with asyncio.TaskGroup() as group:
         sampler = group.create_task(sample(cfg.metrics, stop))
@@ -304,9 +340,13 @@ async def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     usage = sampler.result()
     rss = {name: _mb(u.peak_rss) for name, u in usage.items()}
     rss["bench"] = _mb(own_peak_rss())
+    rss_end = {name: _mb(u.last_rss) for name, u in usage.items()}
     cpu = {name: _round(u.cpu_seconds(), 2) for name, u in usage.items()}
     cpu["bench"] = round(own_cpu() - cpu_before, 2)
-    return _figures(run, rss, cpu, load_before, speed)
+    busy = busy_share(machine_before, machine_cpu())
+    return _figures(
+        run, rss=rss, rss_end=rss_end, cpu=cpu, load_before=load_before, speed=speed, busy=busy
+    )
 
 
 def _mb(value: int | None) -> float | None:
@@ -326,12 +366,28 @@ def _percentiles(ordered: list[float], *ps: int) -> dict[str, float | None]:
     return {name: round(ordered[rank] * 1000, 2) for name, rank in ranks.items()}
 
 
+def _by_quarter(run: _Run, done: dict[str, float]) -> list[dict[str, float | None]]:
+    """p50 and p99 latency of the tasks sent in each quarter of the sends, in order: a lag that
+    grows through the run shows as rising figures."""
+    sent = sorted(run.started.items(), key=lambda item: item[1])
+    quarters = []
+    for q in range(4):
+        part = sent[q * len(sent) // 4 : (q + 1) * len(sent) // 4]
+        latencies = sorted(done[t] - start for t, start in part if t in done)
+        figures = _percentiles(latencies, 50, 99)
+        quarters.append({"p50": figures["p50"], "p99": figures["p99"]})
+    return quarters
+
+
 def _figures(
     run: _Run,
+    *,
     rss: dict[str, float | None],
+    rss_end: dict[str, float | None],
     cpu: dict[str, float | None],
     load_before: float,
     speed: float,
+    busy: float | None,
 ) -> dict[str, Any]:
     cfg = run.cfg
     done = {t: seen for t, seen in run.seen.items() if t not in run.failed}
@@ -348,7 +404,9 @@ def _figures(
         "c": cfg.concurrency,
         "rate": cfg.rate,
         "pool": cfg.pool,
-        "cmd": cfg.cmd,
+        "cmd": cfg.task_cmd,
+        "handler_ms": cfg.handler_ms,
+        "sync": cfg.sync if cfg.handler_ms is not None else None,
         "accepted": len(run.started),
         "completed": len(done),
         "failed": len(run.failed),
@@ -359,10 +417,14 @@ def _figures(
         "tasks_per_s": round(len(done) / span, 1) if span > 0 else 0.0,
         "send_seconds": round(send_span, 3),
         "seconds": round(span, 3),
+        # The last completion seen, after the last send's answer (the ideal: the handler's wait).
+        "after_last_send_s": round(max(done.values()) - run.last_answer, 3) if done else None,
         "latency_ms": _percentiles(latencies, 50, 95, 99),
+        "latency_by_quarter_ms": _by_quarter(run, done),
         "send_latency_ms": _percentiles(send_latencies, 50, 99),
         "schedule_lag_max_ms": round(run.schedule_lag * 1000, 1) if cfg.rate else None,
         "rss_peak_mb": rss,
+        "rss_end_mb": rss_end,
         "cpu_s": cpu,
         "missed_by_cursor": run.missed_by_cursor,
         "polls": run.polls,
@@ -375,6 +437,9 @@ def _figures(
             "load_before": round(load_before, 2),
             "load_after": round(os.getloadavg()[0], 2),
             "cpu_speed_ms": speed,
+            # The share of all CPUs busy during the run, with whatever else ran (RabbitMQ, the
+            # database, the bench itself): near 1, the machine was the limit.
+            "cpu_busy": busy,
         },
     }
 
@@ -383,13 +448,27 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
+def _s_of_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1000:.2f} s"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def _in_mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} MB"
+
+
 def render(f: dict[str, Any]) -> str:
     """The figures as a table a person reads."""
     rate = f"{f['rate']:g} sends/s offered" if f["rate"] else "as fast as possible"
     lat, send = f["latency_ms"], f["send_latency_ms"]
     refused = ", ".join(f"{k}: {v}" for k, v in sorted(f["send_errors"].items())) or "none"
     rss = " · ".join(
-        f"{k} {'-' if v is None else f'{v:.1f} MB'}" for k, v in f["rss_peak_mb"].items()
+        f"{k} {_in_mb(v)}"
+        + (f" (at the end {_in_mb(f['rss_end_mb'][k])})" if k in f["rss_end_mb"] else "")
+        for k, v in f["rss_peak_mb"].items()
     )
     n = f["completed"]
     cpu = " · ".join(
@@ -398,17 +477,22 @@ def render(f: dict[str, Any]) -> str:
         else f"{k} {v:.1f} s" + (f" ({v * 1000 / n:.2f} ms/task)" if n else "")
         for k, v in f["cpu_s"].items()
     )
-    m = f["machine"]
+    m, quarters = f["machine"], f["latency_by_quarter_ms"]
     rows = [
         f"convbus bench · {f['n']} tasks · {f['c']} clients · {rate} · {f['api']} "
-        f"(pool {f['pool']}, cmd {f['cmd']})",
+        f"(pool {f['pool']}, cmd {f['cmd']}"
+        + ("" if f["handler_ms"] is None else f", each waits {f['handler_ms']} ms")
+        + ")",
         f"  sends accepted   {f['accepted']:>6}  {f['sends_per_s']:>8.1f} /s       "
         f"in {f['send_seconds']:.2f} s; send latency p50 {_ms(send['p50'])}, "
         f"p99 {_ms(send['p99'])}",
         f"  end to end       {f['completed']:>6}  {f['tasks_per_s']:>8.1f} tasks/s  "
-        f"in {f['seconds']:.2f} s (first send → last completion seen)",
+        f"in {f['seconds']:.2f} s (first send → last completion seen); the last "
+        f"{_s(f['after_last_send_s'])} after the last send",
         f"  latency          send → completion visible: p50 {_ms(lat['p50'])} · "
         f"p95 {_ms(lat['p95'])} · p99 {_ms(lat['p99'])} · max {_ms(lat['max'])}",
+        "  by quarter       of the sends, p50 / p99: "
+        + " · ".join(f"{_s_of_ms(q['p50'])} / {_s_of_ms(q['p99'])}" for q in quarters),
         f"  errors           {f['errors']:>6}  refused sends: {refused} · failed tasks: "
         f"{f['failed']} · not completed within {f['timeout_s']:g} s: {f['not_completed']}",
         f"  peak RSS         {rss}",
@@ -416,7 +500,8 @@ def render(f: dict[str, Any]) -> str:
         f"  log reads        {f['polls']} by the bench's poller ({f['poll_errors']} failed)",
         f"  machine          {m['cpus']} CPUs · Python {m['python']} · load (1 min) "
         f"{m['load_before']} → {m['load_after']} · speed {m['cpu_speed_ms']} ms (a fixed "
-        "Python loop: lower is faster)",
+        "Python loop: lower is faster)"
+        + ("" if m["cpu_busy"] is None else f" · CPUs {m['cpu_busy']:.0%} busy"),
     ]
     if (f["schedule_lag_max_ms"] or 0) >= 10:
         rows.append(f"  behind schedule  up to {f['schedule_lag_max_ms']} ms (rate not held)")

@@ -23,12 +23,14 @@ class Usage:
     """What a service's /metrics told of its process during the run."""
 
     peak_rss: int | None = None
+    last_rss: int | None = None  # at the end of the run: what the process kept
     cpu_first: float | None = None
     cpu_last: float | None = None
 
     def add(self, rss: int | None, cpu: float | None) -> None:
         if rss is not None:
             self.peak_rss = max(self.peak_rss or 0, rss)
+            self.last_rss = rss
         if cpu is not None:
             self.cpu_first = cpu if self.cpu_first is None else self.cpu_first
             self.cpu_last = cpu
@@ -85,6 +87,28 @@ def own_peak_rss() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def machine_cpu() -> CpuTimes | None:
+    """The machine's CPU time so far, busy and in all (seconds over every CPU), from /proc/stat;
+    None where it cannot be read."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [float(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = sum(fields[3:5])  # idle and iowait
+    return sum(fields) - idle, sum(fields)
+
+
+CpuTimes = tuple[float, float]
+
+
+def busy_share(before: CpuTimes | None, after: CpuTimes | None) -> float | None:
+    """How busy the machine's CPUs were between two readings of `machine_cpu` (0 to 1)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
 
 
 def own_cpu() -> float:

@@ -93,3 +93,32 @@ def test_bench_says_why_it_cannot_run(bus: Bus) -> None:
     unreachable = bench(bus, "--api", nowhere, "-n", "1")
     assert unreachable.returncode == 2
     assert f"the API at {nowhere} is unreachable" in unreachable.stderr
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_bench_measures_handlers_that_wait(bus: Bus, sync: bool) -> None:
+    bus.start_tracker()
+    bus.start_child("child", "--handlers", "cli.bench.handlers:registry")
+    bus.start_api()
+    waits = ["--handler-ms", "400", *(["--sync"] if sync else [])]
+    done = bench(bus, "--api", bus.api, "-n", "20", "-c", "4", *waits)
+    assert done.returncode == 0, done.stdout + done.stderr
+    f = figures(done)
+    assert (f["completed"], f["errors"]) == (20, 0)
+    assert (f["cmd"], f["handler_ms"], f["sync"]) == (
+        "bench.wait_sync" if sync else "bench.wait",
+        400,
+        sync,
+    )
+    assert f["latency_ms"]["p50"] >= 400  # every task waited
+    assert f["after_last_send_s"] >= 0.4
+    quarters = f["latency_by_quarter_ms"]
+    assert len(quarters) == 4 and all(q["p50"] >= 400 for q in quarters)
+    assert 0 < f["machine"]["cpu_busy"] <= 1
+
+
+def test_bench_refuses_a_child_whose_tasks_do_not_wait(bus: Bus) -> None:
+    bus.start_all()  # no benchmark handlers: the echo fallback answers at once
+    done = bench(bus, "--api", bus.api, "-n", "3", "-c", "1", "--handler-ms", "300")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "start the child with --handlers cli.bench.handlers:registry" in done.stderr
