@@ -56,24 +56,29 @@ class HandlerThreads:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         context = contextvars.copy_context()
+        work: _Work = (loop, future, context, lambda: func(*args))
         with self._ready:
-            self._work.append((loop, future, context, lambda: func(*args)))
+            self._work.append(work)
             if self._idle >= len(self._work):
                 self._ready.notify()
             elif self._threads < self.size:
-                self._start_thread()
+                try:
+                    self._start_thread()
+                except RuntimeError:  # "can't start new thread": a process or pid limit
+                    self._work.remove(work)  # never to run after its caller was told no
+                    raise
             # else: every thread is busy; the first to finish takes it.
         return await future
 
     def _start_thread(self) -> None:
-        """One more thread (the lock is held)."""
-        self._threads += 1
-        self._idle += 1
+        """One more thread (the lock is held); counted once it started."""
         self._started += 1
         thread = threading.Thread(
             target=self._serve, name=f"{self.name}-{self._started}", daemon=True
         )
-        thread.start()
+        thread.start()  # it waits for the lock before it counts itself idle
+        self._threads += 1
+        self._idle += 1
 
     def _serve(self) -> None:
         with self._ready:

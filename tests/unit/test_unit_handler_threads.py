@@ -135,3 +135,22 @@ def test_a_handler_still_running_does_not_keep_the_process_alive() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=20, check=False
     )
     assert (done.returncode, done.stdout.strip()) == (0, "left"), done.stderr
+
+
+async def test_a_thread_that_cannot_start_fails_the_call_and_leaves_no_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads = HandlerThreads(2)
+    ran: list[str] = []
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", refuse)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            await threads.run(ran.append, "refused")
+    assert threads.threads == 0
+    assert await threads.run(ran.append, "next") is None
+    await wait_until(lambda: threads._idle == 1)  # the thread is back waiting
+    assert ran == ["next"]  # the refused call never ran, late or otherwise
