@@ -143,3 +143,12 @@ def block_on(task: TaskMessage) -> dict[str, Any]:
     if os.environ.get("RELAY_CHILD_ID") == payload.get("child"):
         time.sleep(float(payload.get("seconds", 120)))
     return {"ran_on": os.environ.get("RELAY_CHILD_ID")}
+
+
+@handlers.handler("counted_nap")
+async def counted_nap(task: TaskMessage) -> dict[str, Any]:
+    """Counts its runs in a file, then naps."""
+    payload = task.payload or {}
+    runs_before = _count(payload)
+    await asyncio.sleep(float(payload.get("seconds", 3)))
+    return {"runs_before": runs_before}

@@ -96,6 +96,8 @@ class Worker:
         self._handler_slots = asyncio.Semaphore(settings.concurrency)
         self.threads = HandlerThreads(settings.concurrency, name=f"handler-{pool}")
         self._in_flight: set[asyncio.Task[None]] = set()
+        #: Task id → set when its handler's run here ended (see _run_task).
+        self._running: dict[str, asyncio.Event] = {}
         self._publisher: AbstractChannel | None = None
         self._declared: Declared | None = None
         self._events: RunEvents | None = None
@@ -182,9 +184,17 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._in_flight.add(task)
+        # aiormq runs this in a task of the channel's, which it cancels when the channel
+        # closes (a broker restart, a lost connection). The work runs in a task of its own
+        # instead: a handler keeps running, its outcome is recorded, and the copy the broker
+        # delivers again waits for it (_run_task) rather than running the handler twice.
+        # Shutdown cancels these tasks itself, after the grace.
+        work = asyncio.ensure_future(self._handle(message))
+        self._in_flight.add(work)
+        work.add_done_callback(self._in_flight.discard)
+        await asyncio.shield(work)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         self._consumed.inc()
         self._in_flight_gauge.inc()
         try:
@@ -196,7 +206,6 @@ class Worker:
                 self._count["requeued"].inc()
             await self._settle(message, verdict)
         finally:
-            self._in_flight.discard(task)
             self._in_flight_gauge.dec()
 
     async def _verdict(self, message: AbstractIncomingMessage) -> Verdict:
@@ -219,6 +228,12 @@ class Worker:
         attempt = attempt_of(message)
         policy = self.settings.retry.for_task(self.pool, task.cmd)
         outcome = self.finished.get(task.task_id)
+        if outcome is None and (original := self._running.get(task.task_id)) is not None:
+            # A copy delivered again (the channel closed and reopened) while this child still
+            # runs the original: its outcome will do, rather than a second run.
+            log.info("task %s delivered again while it runs here; waiting for it", task.task_id)
+            await original.wait()
+            outcome = self.finished.get(task.task_id)
         # Nothing was ever called back for a task on its first delivery with a fresh outcome.
         first = outcome is None and not message.redelivered and attempt == 1
         if outcome is None:
@@ -227,7 +242,12 @@ class Worker:
                 log.info("task %s is completed on the bus; not running it again", task.task_id)
                 self._count["skipped"].inc()
                 return Verdict.ACK
-            ran = await self._run_in_a_slot(task, attempt, policy)
+            running = self._running[task.task_id] = asyncio.Event()
+            try:
+                ran = await self._run_in_a_slot(task, attempt, policy)
+            finally:
+                del self._running[task.task_id]
+                running.set()
             if isinstance(ran, _Retry):
                 return await self._retry_or_park(message, task, attempt, policy, ran)
             if ran is None:
@@ -257,9 +277,9 @@ class Worker:
     ) -> CallbackRequest | _Retry | None:
         """Run the handler once one of the concurrency's slots is free: its outcome with the
         run's fields, the retry it asks for, or None when the child began stopping first."""
-        async with self._handler_slots:
-            if self.stop.is_set():
-                return None
+        if not await self._take_a_slot():
+            return None
+        try:
             events = self._run_events()
             run = Run(attempt)
             pending = events.processing_when_slow(task, run)
@@ -273,6 +293,29 @@ class Worker:
                     pending.cancel()
             await events.end(pending, task, run, publish=False)
             return outcome.model_copy(update=run.fields())
+        finally:
+            self._handler_slots.release()
+
+    async def _take_a_slot(self) -> bool:
+        """Wait for a free handler slot; False (and none taken) once the child is stopping, at
+        once, so the deliveries still waiting go back to the queue for other children."""
+        if self.stop.is_set():
+            return False
+        if not self._handler_slots.locked():
+            await self._handler_slots.acquire()
+            return True
+        slot = asyncio.ensure_future(self._handler_slots.acquire())
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({slot, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            slot.cancel()  # no effect once it has the slot
+            got = slot.done() and not slot.cancelled()
+            if got and self.stop.is_set():  # or cancelled here: the slot is not kept
+                self._handler_slots.release()
+                got = False
+        return got
 
     async def _run_handler(self, task: TaskMessage, policy: RetryPolicy) -> CallbackRequest:
         """The handler's outcome; raises _Retry when another attempt should be made."""

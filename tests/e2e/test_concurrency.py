@@ -46,26 +46,42 @@ def test_the_concurrency_caps_the_handlers_and_the_rest_wait_in_the_child(bus: B
     bus.start_tracker()
     bus.start_child("child", *HANDLERS, RELAY_CONCURRENCY="4", RELAY_PREFETCH="12")
     bus.start_api()
-    task_ids = send_many(bus, 12, "count_running", seconds=0.3)
+    pool_queue = bus.namespace.topo.pool_queue("child")
+    task_ids = send_many(bus, 12, "count_running", seconds=1.5)
+    # All twelve are delivered to the child (the prefetch) while only four can run.
+    wait_for(lambda: bus.namespace.queue_depth(pool_queue) == 0, what="all delivered")
+    states, _ = ledger(bus.database_url)
+    assert sum(states.get(t) == "completed" for t in task_ids) < 12
     wait_for(lambda: all_final(bus.database_url, task_ids), what="every task")
     peaks = [record(bus, t)["result"]["peak"] for t in task_ids]
-    assert max(peaks) == 4  # all 12 were delivered at once; 4 ran at a time
+    assert max(peaks) == 4
 
 
-def test_a_stopping_child_starts_none_of_the_deliveries_waiting_for_a_handler(bus: Bus) -> None:
+def test_a_stopping_child_returns_the_deliveries_waiting_for_a_handler_at_once(
+    bus: Bus,
+) -> None:
     bus.start_tracker()
     first = bus.start_child(
         "child", *HANDLERS, RELAY_CONCURRENCY="2", RELAY_PREFETCH="10", RELAY_CHILD_ID="first"
     )
     bus.start_api()
-    task_ids = send_many(bus, 10, "nap", seconds=1.5)
+    task_ids = send_many(bus, 10, "nap", seconds=8)
     wait_for(
         lambda: sum(bool(processing_on(bus, t)) for t in task_ids) == 2,
         what="the first child to start two tasks",
     )
-    assert first.stop(timeout=30) == 0  # its two running tasks finish within the grace
-    assert "stopped after 2 tasks" in first.output()
+    first.terminate()
     bus.start_child("child", *HANDLERS, RELAY_CHILD_ID="second")
+    # The eight waiting ones run on the second child while the first still finishes its two
+    # (8 s naps, within its 30 s grace): they were not held until its handlers ended.
+    wait_for(
+        lambda: sum(bool(processing_on(bus, t)) for t in task_ids) == 10,
+        timeout=6,
+        what="the second child to start the other eight",
+    )
+    assert first.running
+    assert first.popen.wait(timeout=30) == 0
+    assert "stopped after 2 tasks" in first.output()
     assert_exactly_once(bus.database_url, task_ids)
     ran_on = [record(bus, t)["child_id"] for t in task_ids]
     assert sorted(ran_on) == ["first"] * 2 + ["second"] * 8
