@@ -174,7 +174,12 @@ class ChildSettings(BusSettings):
             return data
         given = {k: v for k, v in data.items() if k in ("concurrency", "prefetch") and v != ""}
         data = {k: v for k, v in data.items() if k not in ("concurrency", "prefetch")}
-        data["concurrency"] = given.get("concurrency", given.get("prefetch", DEFAULT_CONCURRENCY))
+        if "concurrency" in given:
+            data["concurrency"] = given["concurrency"]
+        elif "prefetch" in given:
+            data["concurrency"] = _at_most(given["prefetch"], MAX_CONCURRENCY)
+        else:
+            data["concurrency"] = DEFAULT_CONCURRENCY
         data["prefetch"] = given.get("prefetch", data["concurrency"])
         return data
 
@@ -192,6 +197,14 @@ class ChildSettings(BusSettings):
     def worker_name(self) -> str:
         """This worker's child_id: the configured one, or host and pid."""
         return self.child_id or f"{socket.gethostname()[:40]}-{os.getpid()}"
+
+
+def _at_most(value: object, most: int) -> object:
+    """`value` capped at `most` if it reads as a number; else as it is, for validation to refuse."""
+    try:
+        return min(int(str(value)), most)
+    except ValueError:
+        return value
 
 
 class TrackerSettings(BusSettings):

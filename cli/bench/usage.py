@@ -94,7 +94,8 @@ def machine_cpu() -> CpuTimes | None:
     None where it cannot be read."""
     try:
         with open("/proc/stat", encoding="ascii") as stat:
-            fields = [float(v) for v in stat.readline().split()[1:]]
+            # user nice system idle iowait irq softirq steal (guest time is inside user/nice)
+            fields = [float(v) for v in stat.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
     idle = sum(fields[3:5])  # idle and iowait

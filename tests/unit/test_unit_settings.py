@@ -205,6 +205,8 @@ def test_the_seeds_published_key_is_refused_outside_dev_mode(
         ({"RELAY_PREFETCH": "8"}, 8, 8),
         ({"RELAY_CONCURRENCY": "10", "RELAY_PREFETCH": "64"}, 10, 64),
         ({"RELAY_CONCURRENCY": "", "RELAY_PREFETCH": ""}, 2000, 2000),
+        # The prefetch's range is wider: the concurrency it sets stops at its own most.
+        ({"RELAY_PREFETCH": "60000"}, 50_000, 60_000),
     ],
 )
 def test_concurrency_and_prefetch_follow_each_other(
@@ -238,6 +240,7 @@ def test_a_flag_overrides_the_concurrency_and_the_prefetch_follows(
 def test_concurrency_and_prefetch_out_of_range(
     monkeypatch: pytest.MonkeyPatch, var: str, value: str
 ) -> None:
+    monkeypatch.setenv("RELAY_CONCURRENCY", "10")
     monkeypatch.setenv(var, value)
     with pytest.raises(ValidationError):
         ChildSettings()
