@@ -473,14 +473,6 @@ class _Sends:
     errors: Counter[str] = field(default_factory=Counter)
     fatal: str | None = None
 
-    def cmd(self) -> str:
-        if self.handler_ms is None:
-            return "echo"
-        return handlers.SYNC_CMD if self.sync else handlers.ASYNC_CMD
-
-    def payload(self, index: int) -> dict[str, int]:
-        return {"n": index} if self.handler_ms is None else {"n": index, "ms": self.handler_ms}
-
 
 async def _sender(api: str, key: str, sends: _Sends) -> None:
     """One master with a keep-alive connection of its own: sends the next task until none left."""
@@ -494,8 +486,8 @@ async def _sender(api: str, key: str, sends: _Sends) -> None:
             index = sends.next_index
             sends.next_index += 1
             body = orjson.dumps(
-                {"from": "master", "to": POOL, "type": "task", "cmd": sends.cmd(),
-                 "payload": sends.payload(index)}
+                {"from": "master", "to": POOL, "type": "task",
+                 **handlers.task_fields(index, sends.handler_ms, sends.sync)}
             )  # fmt: skip
             try:
                 async with http.post(api + SEND_PATH, data=body) as response:

@@ -28,6 +28,16 @@ MAX_MS = 600_000
 registry = Registry()
 
 
+def task_fields(
+    index: int, handler_ms: int | None, sync: bool, cmd: str = "echo"
+) -> dict[str, Any]:
+    """The `cmd` and `payload` of the benchmark's task number `index`: `cmd` (no wait), or with
+    `handler_ms` the handler that waits that long (`sync`: the blocking one)."""
+    if handler_ms is None:
+        return {"cmd": cmd, "payload": {"n": index}}
+    return {"cmd": SYNC_CMD if sync else ASYNC_CMD, "payload": {"n": index, "ms": handler_ms}}
+
+
 def _wait_ms(task: TaskMessage) -> int:
     ms = (task.payload or {}).get("ms")
     if not isinstance(ms, int) or isinstance(ms, bool) or not 0 <= ms <= MAX_MS:

@@ -80,16 +80,13 @@ class BenchConfig:
     #: but each read of the log costs the API some CPU.
     poll_interval: float = IDLE_POLL
 
+    def task_fields(self, index: int) -> dict[str, Any]:
+        """The `cmd` and `payload` of task number `index`."""
+        return handlers.task_fields(index, self.handler_ms, self.sync, self.cmd)
+
     @property
     def task_cmd(self) -> str:
-        if self.handler_ms is None:
-            return self.cmd
-        return handlers.SYNC_CMD if self.sync else handlers.ASYNC_CMD
-
-    def payload(self, index: int) -> dict[str, int]:
-        if self.handler_ms is None:
-            return {"n": index}
-        return {"n": index, "ms": self.handler_ms}
+        return str(self.task_fields(0)["cmd"])
 
 
 @dataclass
@@ -235,8 +232,7 @@ async def _client(run: _Run, headers: dict[str, str]) -> None:
                 else:
                     run.schedule_lag = max(run.schedule_lag, -wait)
             body = orjson.dumps(
-                {"from": cfg.sender, "to": cfg.pool, "type": "task", "cmd": cfg.task_cmd,
-                 "payload": cfg.payload(index)}
+                {"from": cfg.sender, "to": cfg.pool, "type": "task", **cfg.task_fields(index)}
             )  # fmt: skip
             start = time.perf_counter()
             try:

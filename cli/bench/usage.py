@@ -89,6 +89,10 @@ def own_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
+#: Busy and all CPU seconds of the machine (machine_cpu).
+CpuTimes = tuple[float, float]
+
+
 def machine_cpu() -> CpuTimes | None:
     """The machine's CPU time so far, busy and in all (seconds over every CPU), from /proc/stat;
     None where it cannot be read."""
@@ -100,9 +104,6 @@ def machine_cpu() -> CpuTimes | None:
         return None
     idle = sum(fields[3:5])  # idle and iowait
     return sum(fields) - idle, sum(fields)
-
-
-CpuTimes = tuple[float, float]
 
 
 def busy_share(before: CpuTimes | None, after: CpuTimes | None) -> float | None:
