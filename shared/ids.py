@@ -111,6 +111,12 @@ def processing_event_id(task_id: str, run_id: str) -> str:
     return "p_" + _b32(digest)
 
 
+def lease_expired_event_id(task_id: str, attempt: int) -> str:
+    """The tracker's `lease_expired` of one attempt: a second sweep of it is the same entry."""
+    digest = hashlib.sha256(f"{task_id}/lease/{attempt}".encode()).digest()[:16]
+    return "lx_" + _b32(digest)
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)

@@ -63,6 +63,21 @@ CALLBACK_FAILURES = Counter(
 )
 
 # --- tracker
+HANDLER_TIMEOUTS = Counter(
+    "convbus_handler_timeouts_total",
+    "Handlers cancelled (async) or abandoned (sync) past their timeout, by pool",
+    ["pool"],
+)
+LEASES = Counter(
+    "convbus_leases_total",
+    "Runs that outlasted RELAY_HOLD_DELIVERY and were handed to a lease, by pool",
+    ["pool"],
+)
+LEASED_RUNS = Gauge("convbus_leased_runs", "Runs a child holds under a lease now", ["pool"])
+TRACKER_LEASES_EXPIRED = Counter(
+    "convbus_tracker_leases_expired_total",
+    "Leases the tracker found expired, whose tasks it sent again (or parked)",
+)
 TRACKER_EVENTS = Counter(
     "convbus_tracker_events_total", "Entries the tracker wrote (duplicates not counted)"
 )

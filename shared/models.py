@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -55,6 +66,11 @@ class TaskBase(SQLModel):
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     completed_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
+    #: Until when the child holding a long run's lease answers for it (services/tracker/leases.py).
+    lease_until: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
+    #: The handler's last progress report: a fraction from 0 to 1, and its words.
+    progress: float | None = Field(default=None, sa_column=Column(Float))
+    progress_note: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class Task(TaskBase, table=True):
@@ -67,6 +83,13 @@ class Task(TaskBase, table=True):
         Index("ix_tasks_state_updated", "state", "updated_at"),
         # The pools, one probe each (Reader.pools(): a loose index scan).
         Index("ix_tasks_recipient", "recipient"),
+        # The lease sweep's: the few tasks whose run holds a lease.
+        Index(
+            "ix_tasks_lease_until",
+            "lease_until",
+            postgresql_where=text("lease_until IS NOT NULL"),
+            sqlite_where=text("lease_until IS NOT NULL"),
+        ),
     )
 
 

@@ -80,7 +80,26 @@ def _not_ahead(value: datetime) -> datetime:
 
 TaskState = Literal["pending", "processing", "retrying", "completed", "failed"]
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed"})
-EventName = Literal["message", "processing", "callback", "ack", "retry", "dead", "replay"]
+EventName = Literal[
+    "message",
+    "processing",
+    "callback",
+    "ack",
+    "retry",
+    "dead",
+    "replay",
+    "lease",
+    "progress",
+    "lease_expired",
+]
+#: The longest a handler may be given (`timeout_s`): a week.
+MAX_TIMEOUT_S = 7 * 24 * 3600
+#: Seconds: how long a handler may run; above 0, at most MAX_TIMEOUT_S.
+TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False, strict=True)]
+#: A handler's progress, from 0 (started) to 1 (all done).
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=True)]
+#: A progress report's words (`progress_note`).
+Note = Annotated[str, StringConstraints(max_length=1000), _NUL_FREE]
 
 
 def _has_nul(value: Any) -> bool:
@@ -158,6 +177,8 @@ class SendFields(_NoNul):
     payload: Payload | None = None
     text: Text | None = None
     conversation_id: Ident | None = None
+    #: A task's handler is cancelled after this many seconds (the attempt fails: retried).
+    timeout_s: TimeoutSeconds | None = None
 
 
 def _send_rules(schema: dict[str, Any]) -> None:
@@ -166,7 +187,7 @@ def _send_rules(schema: dict[str, Any]) -> None:
     is_task = {"properties": {"type": {"const": "task"}}, "required": ["type"]}
     schema["if"] = is_task
     schema["then"] = {"properties": {"to": {"not": {"pattern": RESERVED_POOL_PATTERN}}}}
-    schema["else"] = {"properties": {"task_id": {"type": "null"}}}
+    schema["else"] = {"properties": {"task_id": {"type": "null"}, "timeout_s": {"type": "null"}}}
 
 
 #: A client-chosen task id: the bus's own `t_…` ids are not the client's to choose (422).
@@ -182,6 +203,8 @@ class SendRequest(SendFields):
     def _task_goes_to_a_pool(self) -> Self:
         if self.type == "task" and not Topology.is_pool_name(self.to):
             raise ValueError("to: a task's pool name may not contain 'parked' or 'delay' as a word")
+        if self.type == "message" and self.timeout_s is not None:
+            raise ValueError("timeout_s applies only to tasks")
         return self
 
     task_id: ClientTaskId | None = Field(
@@ -232,6 +255,15 @@ class Event(BaseModel):
     # callback: the run that produced it, for the `processing` entry the tracker derives
     run_id: Ident | None = None
     started_at: Timestamp | None = None
+    # lease, progress: the task's lease runs this long past the event's `ts`
+    lease_s: float | None = None
+    # lease: the task as the child received it, which the tracker sends again should the
+    # child fall silent (services/tracker/leases.py); `replays` is its x-replays header
+    task: TaskMessage | None = None
+    replays: int | None = None
+    # progress
+    progress: float | None = None
+    note: Text | None = None
 
 
 class CallbackRequest(_NoNul):
@@ -251,6 +283,17 @@ class CallbackRequest(_NoNul):
     started_at: (
         Annotated[Timestamp, BeforeValidator(_as_documented), AfterValidator(_not_ahead)] | None
     ) = None
+
+
+class ProgressRequest(_NoNul):
+    """POST /api/relay/tasks/{task_id}/progress: a running handler's progress (foreign child)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    child_id: Name | None = None
+    attempt: Attempt | None = None
+    progress: Fraction | None = None
+    note: Note | None = None
 
 
 class AckRequest(BaseModel):
@@ -310,6 +353,12 @@ class TaskResponse(BaseModel):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     completed_at: datetime | None = None
+    #: The handler's last progress report (0 to 1) and its words.
+    progress: float | None = None
+    progress_note: str | None = None
+    #: A run past the child's hold (RELAY_HOLD_DELIVERY): the child's lease runs until then,
+    #: renewed by its heartbeats; once past, the tracker sends the task again.
+    lease_until: datetime | None = None
 
 
 class LogsResponse(Ok):

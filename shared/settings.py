@@ -23,6 +23,7 @@ from shared.contract import NAME_PATTERN
 from shared.durations import Duration
 from shared.errors import ConfigError
 from shared.retry import RetryPolicies
+from shared.schemas import MAX_TIMEOUT_S
 
 #: A child's handlers at once by default (RELAY_CONCURRENCY): see docs/performance.md.
 DEFAULT_CONCURRENCY = 2000
@@ -155,6 +156,17 @@ class ChildSettings(BusSettings):
     processing_after: float = Field(default=0.05, ge=0, le=3600)
     #: Seconds a stopping child waits for in-flight tasks before leaving them for redelivery.
     shutdown_grace: float = Field(default=30.0, ge=0)
+    #: Seconds a handler may run unless its task or its command says otherwise; unset: no limit.
+    handler_timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
+    #: Seconds a run keeps its delivery unacked; past that the child acks it and holds a lease
+    #: instead (the tracker sends the task again if the lease is not renewed), so that RabbitMQ's
+    #: consumer timeout (30 min by default) never takes a long run's delivery back. Keep it well
+    #: below the broker's `consumer_timeout`.
+    hold_delivery: float = Field(default=600.0, gt=0, le=MAX_TIMEOUT_S)
+    #: Seconds a lease lasts without a heartbeat; the child sends one every quarter of it.
+    lease: float = Field(default=60.0, ge=0.4, le=3600)
+    #: Most one `progress` event per task per this many seconds (the latest report wins).
+    progress_every: float = Field(default=1.0, ge=0, le=3600)
     #: Retries of failed tasks (RELAY_RETRY, JSON): default, per pool, per command.
     retry: RetryPolicies = RetryPolicies()
     #: Folder of the child's record of finished handlers (one SQLite file per pool).
@@ -164,6 +176,11 @@ class ChildSettings(BusSettings):
     #: Where /healthz, /readyz and /metrics are served; port 0 serves none.
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(default=8010, ge=0, le=65535)
+
+    @field_validator("handler_timeout", mode="before")
+    @classmethod
+    def _empty_timeout_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="before")
     @classmethod
@@ -229,6 +246,8 @@ class TrackerSettings(BusSettings):
     prune_after: Duration | None = None
     #: How often the tracker prunes, when RELAY_PRUNE_AFTER is set.
     prune_every: Duration = timedelta(hours=1)
+    #: Seconds between looks for expired leases of long runs (services/tracker/leases.py).
+    lease_sweep_every: float = Field(default=5.0, gt=0, le=3600)
 
     @field_validator("prune_after", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.child import NeverRetry, Registry, RetryLater
+from services.child import NeverRetry, Registry, RetryLater, progress
 from shared.schemas import TaskMessage
 
 handlers = Registry()
@@ -152,3 +152,59 @@ async def counted_nap(task: TaskMessage) -> dict[str, Any]:
     runs_before = _count(payload)
     await asyncio.sleep(float(payload.get("seconds", 3)))
     return {"runs_before": runs_before}
+
+
+@handlers.handler("sleepy")
+async def sleepy(task: TaskMessage) -> dict[str, Any]:
+    """Sleeps `seconds`; writes `cancelled` to the file `mark` if cancelled meanwhile."""
+    payload = task.payload or {}
+    try:
+        await asyncio.sleep(float(payload.get("seconds", 30)))
+    except asyncio.CancelledError:
+        _mark(payload, "cancelled")
+        raise
+    return {"slept": True}
+
+
+@handlers.handler("sleepy_sync")
+def sleepy_sync(task: TaskMessage) -> dict[str, Any]:
+    """Sleeps `seconds` in its thread, then writes `finished` to the file `mark`."""
+    payload = task.payload or {}
+    time.sleep(float(payload.get("seconds", 3)))
+    _mark(payload, "finished")
+    return {"slept": True}
+
+
+def _mark(payload: dict[str, Any], text: str) -> None:
+    if "mark" in payload:
+        Path(payload["mark"]).write_text(text)
+
+
+@handlers.handler("slow_by_default", timeout_s=0.3)
+async def slow_by_default(task: TaskMessage) -> dict[str, Any]:
+    """Its command's timeout is 0.3 s; it sleeps `seconds`."""
+    await asyncio.sleep(float((task.payload or {}).get("seconds", 1)))
+    return {"slept": True}
+
+
+def _report_steps(task: TaskMessage) -> int:
+    steps = int((task.payload or {}).get("steps", 1000))
+    for step in range(1, steps + 1):
+        progress(step / steps, f"step {step} of {steps}")
+    return steps
+
+
+@handlers.handler("reports")
+async def reports(task: TaskMessage) -> dict[str, Any]:
+    """Reports `steps` progresses at once, then waits long enough for the last to be sent."""
+    steps = _report_steps(task)
+    await asyncio.sleep(float((task.payload or {}).get("then", 1.5)))
+    return {"steps": steps}
+
+
+@handlers.handler("reports_sync")
+def reports_sync(task: TaskMessage) -> dict[str, Any]:
+    """`reports`, from a handler's thread."""
+    steps = _report_steps(task)
+    time.sleep(float((task.payload or {}).get("then", 1.5)))
+    return {"steps": steps}

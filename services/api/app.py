@@ -14,7 +14,7 @@ from services.api.auth import KeyRing
 from services.api.bodies import BodySizeLimit, JsonContentType
 from services.api.broker import BrokerLink
 from services.api.deps import Services
-from services.api.limits import Limiter
+from services.api.limits import PROGRESS_BURST, PROGRESS_RATE, Limiter
 from services.api.metrics import AnswerCounter
 from services.api.routes import hand_read_router, router
 from services.api.send_keys import SendKeys
@@ -59,6 +59,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             keys=keys,
             send_limits=Limiter(settings.send_rate, settings.send_burst),
             auth_failures=Limiter(settings.auth_failure_rate, settings.auth_failure_burst),
+            progress_limits=Limiter(PROGRESS_RATE, PROGRESS_BURST),
             broker=broker,
             reader=Reader(engine),
             send_keys=SendKeys(engine),

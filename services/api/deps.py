@@ -27,6 +27,8 @@ class Services:
     keys: KeyRing
     send_limits: Limiter
     auth_failures: Limiter
+    #: Progress reports over HTTP, per task.
+    progress_limits: Limiter
     broker: BrokerLink
     reader: Reader
     send_keys: SendKeys
@@ -84,4 +86,5 @@ def _scope(*scopes: str) -> Callable[..., Awaitable[Principal]]:
 
 
 AckKey = Annotated[Principal, Depends(_scope("send", "callback"))]
+CallbackKey = Annotated[Principal, Depends(_scope("callback"))]
 AdminKey = Depends(_scope("admin"))

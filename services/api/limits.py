@@ -7,6 +7,10 @@ import time
 
 from shared.token_bucket import TokenBucket
 
+#: Progress reports over HTTP: one a second per task, two at once (a child's own go on the bus,
+#: as many: RELAY_PROGRESS_EVERY).
+PROGRESS_RATE, PROGRESS_BURST = 1.0, 2.0
+
 
 class Limiter:
     """One token bucket per name; full buckets are forgotten when there are too many."""

@@ -12,7 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 
 from services.api import hand_read
 from services.api.auth import Principal
-from services.api.deps import AckKey, KeyHeader, Services, ServicesDep, authorized, services_of
+from services.api.deps import (
+    AckKey,
+    CallbackKey,
+    KeyHeader,
+    Services,
+    ServicesDep,
+    authorized,
+    services_of,
+)
 from services.api.errors import ApiError
 from services.api.hand_read import HandReadRoute
 from shared.contract import (
@@ -33,6 +41,7 @@ from shared.schemas import (
     Event,
     LogsResponse,
     Ok,
+    ProgressRequest,
     SendRequest,
     SendResponse,
     TaskMessage,
@@ -45,9 +54,11 @@ router = APIRouter(prefix=API_PREFIX)
 #: Send and callback, the two requests every task makes: their endpoints read their own request.
 hand_read_router = APIRouter(prefix=API_PREFIX, route_class=HandReadRoute)
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
-_SEND_FIELDS = {"from_", "to", "type", "cmd", "payload", "text", "conversation_id"}
+_SEND_FIELDS = {"from_", "to", "type", "cmd", "payload", "text", "conversation_id", "timeout_s"}
+#: Send fields added after idempotent sends were (the body's hash leaves them out when unset).
+_LATER_FIELDS = ("timeout_s",)
 JSON = "application/json"
 FilterText = Annotated[str | None, Field(max_length=128)]
 #: Log entry ids are 64-bit (BIGINT, SQLite's INTEGER): a larger `after` the database refuses.
@@ -120,7 +131,11 @@ async def _send_once(
 
     The key is recorded before the publish; a send that got a 503 is published by its retry.
     """
-    body_hash = _digest(json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True), "")
+    # Fields added since keys were first recorded count only when given, so that a send retried
+    # across an upgrade still matches its key.
+    unset_later = {name for name in _LATER_FIELDS if getattr(body, name) is None}
+    sent = body.model_dump(mode="json", by_alias=True, exclude=unset_later)
+    body_hash = _digest(json.dumps(sent, sort_keys=True), "")
     if not await services.send_keys.reserve(key, task_id, body_hash, utcnow(), body.to):
         known = await services.send_keys.find(key)
         if known is not None:
@@ -260,7 +275,36 @@ async def task_record(task_id: TaskIdPath, services: ServicesDep) -> TaskRespons
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         completed_at=row["completed_at"],
+        progress=row["progress"],
+        progress_note=row["progress_note"],
+        lease_until=row["lease_until"],
     )
+
+
+@router.post("/tasks/{task_id}/progress", response_model=Ok, responses=_ERRORS)
+async def progress(
+    task_id: TaskIdPath, body: ProgressRequest, services: ServicesDep, principal: CallbackKey
+) -> Ok:
+    """A running handler's progress, from a child that is not the bus's own (those publish it
+    on the bus); the task's row keeps the last. At most one a second per task (else 429)."""
+    await _known(task_id, services)
+    await _check_pool(principal, task_id, services)
+    if wait := services.progress_limits.take(task_id):
+        raise ApiError(
+            429, "progress of this task reported too often: retry later", {"Retry-After": str(wait)}
+        )
+    event = Event(
+        event_id=new_event_id(),
+        event="progress",
+        ts=utcnow(),
+        task_id=task_id,
+        child_id=body.child_id,
+        attempt=body.attempt,
+        progress=body.progress,
+        note=body.note,
+    )
+    await services.broker.publish_event(event)
+    return Ok()
 
 
 class LogQuery(BaseModel):

@@ -1,6 +1,7 @@
 """The child worker runtime: consume a pool's queue, run a handler, call back, ack."""
 
 from services.child.handlers import Registry
+from services.child.progress import progress
 from shared.errors import NeverRetry, RetryLater
 
-__all__ = ["NeverRetry", "Registry", "RetryLater"]
+__all__ = ["NeverRetry", "Registry", "RetryLater", "progress"]

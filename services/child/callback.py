@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from typing import Literal
 
 import aiohttp
 
 from shared.backoff import Backoff, retry
-from shared.contract import API_KEY_HEADER, CALLBACK_PATH, FIRST_CALLBACK_HEADER, TASK_STATUS_PATH
+from shared.contract import API_KEY_HEADER, CALLBACK_PATH, FIRST_CALLBACK_HEADER, TASKS_PATH
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
-from shared.schemas import CallbackRequest, CallbackResponse
+from shared.ids import utcnow
+from shared.schemas import CallbackRequest, CallbackResponse, TaskResponse
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,10 @@ log = logging.getLogger(__name__)
 #: connection it reuses (uvicorn's default of 5 s made about 1 callback in 200 fail once, and
 #: wait a second, with thousands of handlers at once).
 IDLE_CONNECTION_SECONDS = 30
+
+
+#: What a child learns of a task delivered again before it runs it (CallbackClient.standing).
+Standing = Literal["completed", "leased"] | None
 
 
 class _Unanswered(Exception):
@@ -61,20 +67,26 @@ class CallbackClient:
         if self._session is not None:
             await self._session.close()
 
-    async def is_completed(self, task_id: str) -> bool:
-        """Whether the bus already records the task completed (False if unsure).
+    async def standing(self, task_id: str) -> Standing:
+        """What the bus records of a task delivered again: `completed`, `leased` (a run of it
+        holds a lease that has not expired: another child answers for it), or None (unsure).
 
         Not `failed`: a replayed task reads `failed` until the tracker applies the replay.
         """
-        url = f"{self.api}{TASK_STATUS_PATH}/{task_id}"
+        url = f"{self.api}{TASKS_PATH}/{task_id}"
         try:
             async with self._get_session().get(url, timeout=self._timeout) as response:
                 if response.status != 200:
-                    return False
-                body = await response.json(content_type=None)
+                    return None
+                record = TaskResponse.model_validate_json(await response.read())
         except (aiohttp.ClientError, TimeoutError, ValueError):
-            return False
-        return isinstance(body, dict) and body.get("task_status") == "completed"
+            return None
+        if record.task_status == "completed":
+            return "completed"
+        until = record.lease_until
+        if record.task_status == "processing" and until is not None and until > utcnow():
+            return "leased"
+        return None
 
     def delays(self) -> list[float]:
         """Seconds to wait after each failed attempt, before jitter: backoff, twice that, ...

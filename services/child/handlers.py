@@ -9,7 +9,7 @@ from typing import Any
 
 from services.child.threads import HandlerThreads
 from shared.errors import ConfigError
-from shared.schemas import TaskMessage
+from shared.schemas import MAX_TIMEOUT_S, TaskMessage
 
 Handler = Callable[[TaskMessage], Any] | Callable[[TaskMessage], Awaitable[Any]]
 
@@ -19,20 +19,38 @@ class Registry:
 
     def __init__(self, fallback: Handler | None = None) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._timeouts: dict[str, float] = {}
         self.fallback = fallback
 
-    def handler(self, cmd: str) -> Callable[[Handler], Handler]:
-        """Decorator: register an async or sync function as the handler of `cmd`."""
+    def handler(self, cmd: str, *, timeout_s: float | None = None) -> Callable[[Handler], Handler]:
+        """Decorator: register an async or sync function as the handler of `cmd`.
+
+        `timeout_s`: the command's handlers are cancelled after this long, unless the task says
+        otherwise (its `timeout_s`); unset, the child's RELAY_HANDLER_TIMEOUT applies.
+        """
+        if timeout_s is not None and not (0 < timeout_s <= MAX_TIMEOUT_S):
+            raise ConfigError(f"handler {cmd!r}: timeout_s from 0 to {MAX_TIMEOUT_S} seconds")
 
         def register(func: Handler) -> Handler:
             self._handlers[cmd] = func
+            if timeout_s is None:
+                self._timeouts.pop(cmd, None)
+            else:
+                self._timeouts[cmd] = timeout_s
             return func
 
         return register
 
+    def timeout_of(self, cmd: str | None) -> float | None:
+        """The timeout registered with the command's handler, if any."""
+        return self._timeouts.get(cmd or "") if (cmd or "") in self._handlers else None
+
     def update(self, other: Registry) -> None:
         """Take `other`'s handlers (and its fallback, if it has one) over ours."""
+        for cmd in other._handlers:
+            self._timeouts.pop(cmd, None)
         self._handlers.update(other._handlers)
+        self._timeouts.update(other._timeouts)
         if other.fallback is not None:
             self.fallback = other.fallback
 

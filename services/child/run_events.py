@@ -1,5 +1,6 @@
 """What a child tells the tracker about a run besides its outcome: `processing` (a slow run, or
-one that ends in a retry or a parking) and `retry`, published best effort.
+one that ends in a retry or a parking), `retry` and `progress`, published best effort; and the
+`lease` of a run past the child's hold, published confirmed (the delivery's ack waits for it).
 
 The outcome travels in the callback, which names its run: the tracker derives the run's
 `processing` entry from it, under the same id as the child's own event, so the log keeps one.
@@ -9,12 +10,14 @@ Losing one of these events costs only detail in the log, never the task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from shared import amqp
+from shared.backoff import Backoff, retry
 from shared.errors import BusError
 from shared.ids import new_event_id, new_run_id, processing_event_id, utcnow
 from shared.schemas import CallbackRequest, Event, TaskMessage
@@ -31,6 +34,8 @@ class Run:
     run_id: str = field(default_factory=new_run_id)
     started_at: datetime = field(default_factory=utcnow)
     processing_published: bool = False
+    #: The run's delivery was acked: the tracker's lease answers for the task (worker._hold).
+    leased: bool = False
 
     def fields(self) -> dict[str, Any]:
         """What the callback says of the run."""
@@ -105,32 +110,156 @@ class RunEvents:
             )
         )
 
-    async def retried(self, task: TaskMessage, attempt: int, error: str, next_at: datetime) -> None:
-        """Tell the tracker attempt `attempt` failed and the next is due at `next_at`."""
-        await self._softly(
+    async def lease(self, task: TaskMessage, run: Run, lease_s: float, replays: int) -> None:
+        """Tell the tracker the child answers for the run's task for `lease_s` (renewed by
+        heartbeats); confirmed, since the delivery is acked next. Raises BusError."""
+        await self._publish(
             Event(
                 event_id=new_event_id(),
-                event="retry",
+                event="lease",
                 ts=utcnow(),
                 task_id=task.task_id,
                 conversation_id=task.conversation_id,
                 child_id=self.child_id,
-                attempt=attempt,
-                error=error[:10_000],
-                next_at=next_at,
+                attempt=run.attempt,
+                run_id=run.run_id,
+                lease_s=lease_s,
+                task=task,
+                replays=replays,
             )
         )
+
+    def reports(self, task: TaskMessage, run: Run, every: float) -> RunReports:
+        """The run's progress reports and heartbeats, published from now until `close`."""
+        return RunReports(self, task, run, every)
+
+    async def retried(
+        self, task: TaskMessage, attempt: int, error: str, next_at: datetime, *, firmly: bool
+    ) -> None:
+        """Tell the tracker attempt `attempt` failed and the next is due at `next_at`.
+
+        `firmly` (the run held a lease): the event ends the lease, which would otherwise expire
+        and send the task a second time; it is tried until confirmed, for a while.
+        """
+        event = Event(
+            event_id=new_event_id(),
+            event="retry",
+            ts=utcnow(),
+            task_id=task.task_id,
+            conversation_id=task.conversation_id,
+            child_id=self.child_id,
+            attempt=attempt,
+            error=error[:10_000],
+            next_at=next_at,
+        )
+        if not firmly:
+            await self._softly(event)
+            return
+        what = f"retry of leased task {task.task_id} not published"
+        try:
+            await retry(lambda _: self._publish(event), BusError, _FIRMLY, log=log, what=what,
+                        attempts=_FIRM_ATTEMPTS)  # fmt: skip
+        except BusError as exc:
+            log.error("%s (%s): its lease will expire and send it again", what, exc)
 
     async def _softly(self, event: Event) -> None:
         """Publish an event whose loss costs only detail in the log."""
         try:
-            await amqp.publish(
-                self.declared.events,
-                self.topo.event_routing_key(event.event),
-                event,
-                event.event_id,
-                timeout=self.timeout,
-                message_type="event",
-            )
+            await self._publish(event)
         except BusError as exc:
             log.warning("could not publish %s for %s: %s", event.event, event.task_id, exc)
+
+    async def _publish(self, event: Event) -> None:
+        await amqp.publish(
+            self.declared.events,
+            self.topo.event_routing_key(event.event),
+            event,
+            event.event_id,
+            timeout=self.timeout,
+            message_type="event",
+        )
+
+
+#: A leased run's `retry` event: tried this many times, a second apart at first.
+_FIRM_ATTEMPTS = 5
+_FIRMLY = Backoff(first=1.0, factor=2.0, cap=10.0)
+
+
+class RunReports:
+    """A run's `progress` events: what the handler reports (`services.child.progress`), at most
+    one event per `every` seconds (the latest report), and, once the run holds a lease, a
+    heartbeat every quarter of the lease whether or not anything changed.
+
+    `report` may be called from the handler's thread as well as from the loop.
+    """
+
+    def __init__(self, events: RunEvents, task: TaskMessage, run: Run, every: float) -> None:
+        self.events = events
+        self.task = task
+        self.run = run
+        self.every = every
+        self.lease_s: float | None = None
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._progress: float | None = None
+        self._note: str | None = None
+        self._publisher: asyncio.Task[None] | None = None
+
+    def report(self, progress: float | None, note: str | None) -> None:
+        """Take the handler's latest progress; returns at once."""
+        try:
+            here = asyncio.get_running_loop() is self._loop
+        except RuntimeError:  # a handler's thread
+            here = False
+        if here:
+            self._take(progress, note)
+        else:
+            self._loop.call_soon_threadsafe(self._take, progress, note)
+
+    def _take(self, progress: float | None, note: str | None) -> None:
+        if progress is not None:
+            self._progress = progress
+        if note is not None:
+            self._note = note
+        self._changed.set()
+        self._start()
+
+    def lease(self, lease_s: float) -> None:
+        """The run holds a lease from now: heartbeats renew it."""
+        self.lease_s = lease_s
+        self._start()
+
+    def _start(self) -> None:
+        if self._publisher is None:
+            self._publisher = asyncio.create_task(self._publish_reports())
+
+    async def _publish_reports(self) -> None:
+        while True:
+            if self.lease_s is None:
+                await self._changed.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.lease_s / 4):
+                        await self._changed.wait()
+            self._changed.clear()
+            await self.events._softly(
+                Event(
+                    event_id=new_event_id(),
+                    event="progress",
+                    ts=utcnow(),
+                    task_id=self.task.task_id,
+                    conversation_id=self.task.conversation_id,
+                    child_id=self.events.child_id,
+                    attempt=self.run.attempt,
+                    progress=self._progress,
+                    note=self._note,
+                    lease_s=self.lease_s,
+                )
+            )
+            await asyncio.sleep(self.every)  # a chatty handler's reports wait, the latest wins
+
+    async def close(self) -> None:
+        """The run ended: no more reports (its outcome follows)."""
+        if self._publisher is not None:
+            self._publisher.cancel()
+            await asyncio.wait({self._publisher})

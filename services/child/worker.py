@@ -15,12 +15,15 @@ from pydantic import ValidationError
 
 from services.child.callback import CallbackClient
 from services.child.handlers import Registry
-from services.child.run_events import Run, RunEvents
+from services.child.progress import reporting_to
+from services.child.run_events import Run, RunEvents, RunReports
 from services.child.state import FinishedTasks
 from services.child.threads import HandlerThreads
 from shared import amqp, metrics
+from shared.backoff import Backoff, retry
 from shared.errors import (
     BrokerUnavailable,
+    BusError,
     CallbackFailed,
     CallbackRefused,
     ConfigError,
@@ -39,10 +42,15 @@ from shared.topology import Declared, Topology, declare_core, declare_delay, dec
 log = logging.getLogger(__name__)
 
 
+#: A lease not published (the broker away) is tried again after this, up to 10 s.
+_LEASE_BACKOFF = Backoff(first=1.0, factor=2.0, cap=10.0)
+
+
 class Verdict(enum.Enum):
     """What becomes of a delivery."""
 
     ACK = "ack"  # settled: done, or moved on (retry queue, parking lot) by a confirmed publish
+    # (a run past its hold acked its delivery already: its lease answers for the task)
     PARK = "park"  # poison: rejected, RabbitMQ dead-letters it into the parking lot
     REQUEUE = "requeue"  # the runtime could not settle it (broker trouble): deliver it again
 
@@ -54,6 +62,8 @@ class _Retry(Exception):
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
+        #: The run held a lease, which the retry's event must end (RunEvents.retried).
+        self.leased = False
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
@@ -98,6 +108,8 @@ class Worker:
         self._in_flight: set[asyncio.Task[None]] = set()
         #: Task id → set when its handler's run here ended (see _run_task).
         self._running: dict[str, asyncio.Event] = {}
+        #: Task id → the heartbeats of its leased run, until the task is settled.
+        self._leases: dict[str, RunReports] = {}
         self._publisher: AbstractChannel | None = None
         self._declared: Declared | None = None
         self._events: RunEvents | None = None
@@ -114,6 +126,9 @@ class Worker:
         self._handler_seconds = metrics.HANDLER_DURATION.labels(pool)
         self._callback_seconds = metrics.CALLBACK_DURATION.labels(pool)
         self._callback_failures = metrics.CALLBACK_FAILURES.labels(pool)
+        self._timeouts = metrics.HANDLER_TIMEOUTS.labels(pool)
+        self._leases_taken = metrics.LEASES.labels(pool)
+        self._leased_runs = metrics.LEASED_RUNS.labels(pool)
 
     async def readiness(self) -> dict[str, bool]:
         """Whether the child consumes its pool (the broker is reachable)."""
@@ -222,7 +237,10 @@ class Worker:
             self._count["parked"].inc()
             return Verdict.PARK
         with task_context(task.task_id, task.conversation_id):
-            return await self._run_task(message, task)
+            try:
+                return await self._run_task(message, task)
+            finally:
+                await self._end_lease(task)  # however it ended: cancelled mid-run included
 
     async def _run_task(self, message: AbstractIncomingMessage, task: TaskMessage) -> Verdict:
         attempt = attempt_of(message)
@@ -237,14 +255,12 @@ class Worker:
         # Nothing was ever called back for a task on its first delivery with a fresh outcome.
         first = outcome is None and not message.redelivered and attempt == 1
         if outcome is None:
-            may_be_done = message.redelivered or attempt > 1
-            if may_be_done and await self.callback.is_completed(task.task_id):
-                log.info("task %s is completed on the bus; not running it again", task.task_id)
+            if (message.redelivered or attempt > 1) and await self._answered_for(task):
                 self._count["skipped"].inc()
                 return Verdict.ACK
             running = self._running[task.task_id] = asyncio.Event()
             try:
-                ran = await self._run_in_a_slot(task, attempt, policy)
+                ran = await self._run_in_a_slot(message, task, attempt, policy)
             finally:
                 del self._running[task.task_id]
                 running.set()
@@ -272,8 +288,19 @@ class Worker:
         self._count["completed" if status == "done" else "failed"].inc()
         return Verdict.ACK
 
+    async def _answered_for(self, task: TaskMessage) -> bool:
+        """Whether a task delivered again is done, or run by another child under a lease."""
+        standing = await self.callback.standing(task.task_id)
+        if standing == "completed":
+            log.info("task %s is completed on the bus; not running it again", task.task_id)
+        elif standing == "leased":
+            # Its delivery was acked for a lease (the ack did not reach RabbitMQ): the lease's
+            # holder runs it, or the tracker sends it again once the lease expires.
+            log.info("task %s runs under a lease elsewhere; leaving this copy", task.task_id)
+        return standing is not None
+
     async def _run_in_a_slot(
-        self, task: TaskMessage, attempt: int, policy: RetryPolicy
+        self, message: AbstractIncomingMessage, task: TaskMessage, attempt: int, policy: RetryPolicy
     ) -> CallbackRequest | _Retry | None:
         """Run the handler once one of the concurrency's slots is free: its outcome with the
         run's fields, the retry it asks for, or None when the child began stopping first."""
@@ -283,18 +310,75 @@ class Worker:
             events = self._run_events()
             run = Run(attempt)
             pending = events.processing_when_slow(task, run)
+            reports = events.reports(task, run, self.settings.progress_every)
+            hold = asyncio.create_task(self._hold(message, task, run, reports))
             try:
-                outcome = await self._run_handler(task, policy)
+                with reporting_to(reports):
+                    outcome = await self._run_handler(task, policy)
             except _Retry as retry:
+                retry.leased = await self._end_hold(hold, reports, run)
                 await events.end(pending, task, run, publish=True)
                 return retry
             finally:
                 if not run.processing_published:  # a publish under way is left to finish
                     pending.cancel()
+                await self._end_hold(hold, reports, run)
             await events.end(pending, task, run, publish=False)
             return outcome.model_copy(update=run.fields())
         finally:
             self._handler_slots.release()
+
+    async def _hold(
+        self, message: AbstractIncomingMessage, task: TaskMessage, run: Run, reports: RunReports
+    ) -> None:
+        """Past RELAY_HOLD_DELIVERY, hand the task from its delivery to a lease: publish the
+        lease (confirmed), then ack the delivery, then renew the lease with heartbeats.
+
+        RabbitMQ takes back a delivery left unacked past its consumer timeout (it closes the
+        channel and delivers the task again, to run a second time); a lease has no such limit.
+        Should this child die, the tracker finds the lease expired and sends the task again.
+        """
+        await asyncio.sleep(self.settings.hold_delivery)
+        replays = (message.headers or {}).get(amqp.REPLAYS_HEADER, 0)
+        lease_s = self.settings.lease
+        await retry(
+            lambda _: self._run_events().lease(
+                task, run, lease_s, replays if isinstance(replays, int) else 0
+            ),
+            BusError,
+            _LEASE_BACKOFF,
+            log=log,
+            what=f"lease of long-running task {task.task_id} not published",
+        )
+        run.leased = True  # the tracker answers for the task from here, acked or not
+        self._leases_taken.inc()
+        self._leased_runs.inc()
+        reports.lease(lease_s)
+        try:
+            await message.ack()
+        except Exception as exc:
+            log.warning(
+                "task %s: could not ack its delivery for the lease (%r); RabbitMQ will deliver "
+                "it again, and a child that receives it while the lease lives leaves it",
+                task.task_id, exc,
+            )  # fmt: skip
+            return
+        log.info(
+            "task %s has run %.0f s: its delivery is acked, a lease of %.0f s renewed every "
+            "%.0f s answers for it",
+            task.task_id, self.settings.hold_delivery, lease_s, lease_s / 4,
+        )  # fmt: skip
+
+    async def _end_hold(self, hold: asyncio.Task[None], reports: RunReports, run: Run) -> bool:
+        """The handler ended: no lease taken from now. The heartbeats of a lease go on until the
+        task is settled (_run_task), since the callback may take a while; whether it is leased."""
+        hold.cancel()
+        await asyncio.wait({hold})
+        if run.leased:
+            self._leases[reports.task.task_id] = reports
+        else:
+            await reports.close()
+        return run.leased
 
     async def _take_a_slot(self) -> bool:
         """Wait for a free handler slot; False (and none taken) once the child is stopping, at
@@ -317,23 +401,38 @@ class Worker:
                 got = False
         return got
 
+    def timeout_of(self, task: TaskMessage) -> float | None:
+        """Seconds the task's handler may run: the task's, its command's, or the child's."""
+        if task.timeout_s is not None:
+            return task.timeout_s
+        by_command = self.registry.timeout_of(task.cmd)
+        return by_command if by_command is not None else self.settings.handler_timeout
+
     async def _run_handler(self, task: TaskMessage, policy: RetryPolicy) -> CallbackRequest:
         """The handler's outcome; raises _Retry when another attempt should be made."""
         started = time.perf_counter()
+        timeout = self.timeout_of(task)
         try:
-            result = await self.registry.run(task, self.threads)
+            # A sync handler's thread cannot be stopped: it is abandoned, its result unused.
+            async with asyncio.timeout(timeout) as limit:
+                result = await self.registry.run(task, self.threads)
         except asyncio.CancelledError:
             raise
+        except TimeoutError as exc:
+            if not limit.expired():  # the handler's own TimeoutError (a client's, say)
+                return self._handler_failed(task, policy, exc)
+            error = f"timeout after {timeout:g} s"
+            self._timeouts.inc()
+            log.warning("handler for %s (cmd %r): %s", task.task_id, task.cmd, error)
+            if policy.retry_errors:
+                raise _Retry(error) from exc
+            return _failed(task, self.child_id, error)
         except RetryLater as exc:
             raise _Retry(f"RetryLater: {exc}", exc.delay) from exc
         except NeverRetry as exc:
             return _failed(task, self.child_id, f"NeverRetry: {exc}")
         except Exception as exc:
-            log.warning("handler for %s (cmd %r) raised %r", task.task_id, task.cmd, exc)
-            error = f"{exc.__class__.__name__}: {exc}"
-            if policy.retry_errors:
-                raise _Retry(error) from exc
-            return _failed(task, self.child_id, error)
+            return self._handler_failed(task, policy, exc)
         finally:
             self._handler_seconds.observe(time.perf_counter() - started)
         try:
@@ -347,6 +446,16 @@ class Worker:
             )
         return done
 
+    def _handler_failed(
+        self, task: TaskMessage, policy: RetryPolicy, exc: Exception
+    ) -> CallbackRequest:
+        """The failed outcome of a handler that raised `exc`; raises _Retry if it is retried."""
+        log.warning("handler for %s (cmd %r) raised %r", task.task_id, task.cmd, exc)
+        error = f"{exc.__class__.__name__}: {exc}"
+        if policy.retry_errors:
+            raise _Retry(error) from exc
+        return _failed(task, self.child_id, error)
+
     async def _call_back(self, task: TaskMessage, outcome: CallbackRequest, *, first: bool) -> str:
         """Report the outcome; the status the API accepted (`done` or `failed`)."""
         try:
@@ -358,6 +467,13 @@ class Worker:
             await self.callback.send(_failed(task, self.child_id, f"result refused: {exc}"))
             return "failed"
         return outcome.status
+
+    async def _end_lease(self, task: TaskMessage) -> None:
+        """The task is settled: its lease's heartbeats, if it has one, stop."""
+        reports = self._leases.pop(task.task_id, None)
+        if reports is not None:
+            self._leased_runs.dec()
+            await reports.close()
 
     async def _retry_or_park(
         self,
@@ -401,7 +517,7 @@ class Worker:
         log.info("task %s: attempt %d failed; retry at %s", task.task_id, attempt, next_at)
         # Best effort, like `processing`: the retry itself is already safe in the delay queue,
         # and requeueing the delivery now would run the task twice.
-        await self._run_events().retried(task, attempt, retry.reason, next_at)
+        await self._run_events().retried(task, attempt, retry.reason, next_at, firmly=retry.leased)
         return Verdict.ACK
 
     async def _park(
@@ -432,7 +548,12 @@ class Worker:
         return self._events
 
     async def _settle(self, message: AbstractIncomingMessage, verdict: Verdict) -> None:
-        """The one place a delivery is acked, parked or requeued; a failed ack is logged."""
+        """The one place a delivery is acked, parked or requeued; a failed ack is logged.
+
+        A delivery acked already was handed to its run's lease (_hold): nothing is left to do.
+        """
+        if message.processed:
+            return
         try:
             if verdict is Verdict.ACK:
                 await message.ack()

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.batching import early_batches
+from services.tracker.leases import LeaseSweeper
 from services.tracker.lifecycle import Entry
 from services.tracker.pruning import pruning
 from services.tracker.queue_stats import QueueWatch
@@ -179,13 +180,21 @@ class Tracker:
         await subscription.start()
         self._subscription = subscription
         log.info("tracker consuming %s", self.topo.tracker_queue)
+        leases = LeaseSweeper(connection, store.engine, self.topo)
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + self.settings.lease_sweep_every
         try:
             while not self.stop.is_set():
-                batch = await self._next_batch()
+                batch = await self._next_batch(max(0.0, next_sweep - loop.time()))
                 if batch:
                     stats.saw(batch)
                     await self._record(store, batch)
+                if loop.time() >= next_sweep:
+                    # Between batches: the sweep's writes never race this tracker's own.
+                    await leases.sweep(inbox_empty=self._inbox.empty())
+                    next_sweep = loop.time() + self.settings.lease_sweep_every
         finally:
+            await leases.close()
             await subscription.stop()
 
     async def _wait_for_schema(self, store: Store) -> bool:
@@ -204,13 +213,16 @@ class Tracker:
             return False  # stopped
         return True
 
-    async def _next_batch(self) -> list[DeliveredMessage]:
-        """The next messages: waits for the first, then for more until the batch is full,
-        batch_wait has passed, or (within the early budget) none came for batch_idle."""
+    async def _next_batch(self, first_within: float | None = None) -> list[DeliveredMessage]:
+        """The next messages: waits for the first (up to `first_within` seconds), then for more
+        until the batch is full, batch_wait has passed, or (within the early budget) none came
+        for batch_idle."""
         stopping = asyncio.ensure_future(self.stop.wait())
         first = asyncio.ensure_future(self._inbox.get())
         try:
-            await asyncio.wait({stopping, first}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {stopping, first}, timeout=first_within, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             stopping.cancel()
         if not first.done():

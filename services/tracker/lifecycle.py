@@ -1,6 +1,8 @@
 """The task state machine, as pure functions: what one event does to one task row.
 
 ``pending -> processing -> completed | failed``, ``processing -> retrying -> processing``.
+A run past the child's hold takes a lease (``lease``), renewed by ``progress`` heartbeats; a
+lease the tracker finds expired (``lease_expired``) sends the task back: ``retrying``.
 Events may arrive in any order (a completion before its send); the result is the same, and
 nothing moves a task out of ``completed`` or ``failed`` but a ``replay`` of a failed task.
 """
@@ -8,7 +10,7 @@ nothing moves a task out of ``completed`` or ``failed`` but a ``replay`` of a fa
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.ids import processing_event_id
@@ -109,6 +111,9 @@ class TaskRow:
     send_seen: bool = False
     next_attempt_at: datetime | None = None
     completed_at: datetime | None = None
+    lease_until: datetime | None = None
+    progress: float | None = None
+    progress_note: str | None = None
 
     @property
     def final(self) -> bool:
@@ -175,19 +180,42 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
             attempts=0,
             completed_at=None,
             next_attempt_at=None,
+            lease_until=None,
+            progress=None,
+            progress_note=None,
         )
     attempts = max(row.attempts, source.attempt or 0)
     if row.final:
         # The count of attempts still takes news of one that raced behind the completion.
         return _with(row, attempts=attempts) if attempts != row.attempts else row
-    if source.event in ("processing", "retry") and (source.attempt or 0) < row.attempts:
+    attempt = source.attempt or 0
+    if source.event in _OF_AN_ATTEMPT and attempt < row.attempts:
         return _with(row, updated_at=updated)  # news of an earlier attempt, overtaken
     # What each event sets, besides its time and the count of attempts.
     changes: dict[str, Any]
     if source.event == "processing":
         changes = {"state": "processing", "child_id": source.child_id, "next_attempt_at": None}
+        if attempt > row.attempts:  # a new attempt: the last one's lease and progress are over
+            changes.update(lease_until=None, progress=None, progress_note=None)
+    elif source.event == "lease":
+        changes = {"state": "processing", "child_id": source.child_id, "next_attempt_at": None,
+                   "lease_until": _lease_end(entry.ts, source.lease_s)}  # fmt: skip
+    elif source.event == "progress":
+        changes = {}
+        if source.progress is not None:
+            changes["progress"] = source.progress
+        if source.note is not None:
+            changes["progress_note"] = source.note
+        if source.lease_s is not None and row.lease_until is not None and attempt == row.attempts:
+            changes["lease_until"] = max(row.lease_until, _lease_end(entry.ts, source.lease_s))
+    elif source.event == "lease_expired":
+        if row.lease_until is None or attempt != row.attempts:
+            return _with(row, updated_at=updated)  # the run ended or was renewed meanwhile
+        changes = {"state": "retrying", "error": source.error, "next_attempt_at": source.next_at,
+                   "lease_until": None}  # fmt: skip
     elif source.event == "retry":
-        changes = {"state": "retrying", "error": source.error, "next_attempt_at": source.next_at}
+        changes = {"state": "retrying", "error": source.error, "next_attempt_at": source.next_at,
+                   "lease_until": None}  # fmt: skip
     elif source.event == "callback":
         changes = {
             "state": "completed" if source.status == "done" else "failed",
@@ -197,10 +225,19 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
             "error": source.error,
             "completed_at": entry.ts,
             "next_attempt_at": None,
+            "lease_until": None,
         }
     elif source.event == "dead":
         changes = {"state": "failed", "error": source.error, "completed_at": entry.ts,
-                   "next_attempt_at": None}  # fmt: skip
+                   "next_attempt_at": None, "lease_until": None}  # fmt: skip
     else:
         return _with(row, updated_at=updated)
     return _with(row, **{"updated_at": updated, "attempts": attempts, **changes})
+
+
+#: Events about one attempt of a task: ignored once a later attempt is known.
+_OF_AN_ATTEMPT = frozenset({"processing", "retry", "lease", "progress", "lease_expired"})
+
+
+def _lease_end(ts: datetime, lease_s: float | None) -> datetime:
+    return ts + timedelta(seconds=lease_s or 0)

@@ -103,6 +103,8 @@ class PrivateRabbit:
             "RABBITMQ_LOG_BASE": str(self.root / "log"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
             "RABBITMQ_PID_FILE": str(self.root / "pid"),
+            # Erlang terms for what rabbitmq.conf cannot say (an empty list when unused).
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.root / "advanced.config"),
         }
 
     def start(self) -> None:
@@ -132,7 +134,11 @@ class PrivateRabbit:
         self._signal(signal.SIGKILL)
 
     @classmethod
-    def create(cls, tls: bool = False, management: bool = False) -> PrivateRabbit:
+    def create(
+        cls, tls: bool = False, management: bool = False, config: str = "", advanced: str = ""
+    ) -> PrivateRabbit:
+        """A node not started yet. `config`: more lines of rabbitmq.conf; `advanced`: settings
+        of the `rabbit` application as Erlang terms, e.g. `{channel_tick_interval, 1000}`."""
         if shutil.which("rabbitmq-server") is None:
             unavailable("a private RabbitMQ node", "rabbitmq-server is not installed")
         root = Path(tempfile.mkdtemp(prefix="convbus-rmq-"))
@@ -140,12 +146,12 @@ class PrivateRabbit:
         (root / "mnesia").mkdir()
         (root / "log").mkdir()
         (root / "enabled_plugins").write_text("[rabbitmq_management].\n" if management else "[].\n")
-        config = f"listeners.tcp.local = 127.0.0.1:{port}\n"
+        settings = f"listeners.tcp.local = 127.0.0.1:{port}\n"
         management_port = None
         if management:
             management_port = free_port()
             # Queue statistics every 0.5 s (default 5 s), so that tests wait less for them.
-            config += (
+            settings += (
                 f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"
                 "collect_statistics_interval = 500\nmanagement.rates_mode = none\n"
             )
@@ -153,7 +159,7 @@ class PrivateRabbit:
         if tls:
             tls_port = free_port()
             _make_certificates(root)
-            config += (
+            settings += (
                 f"listeners.ssl.local = 127.0.0.1:{tls_port}\n"
                 f"ssl_options.cacertfile = {root / 'ca.pem'}\n"
                 f"ssl_options.certfile = {root / 'server.pem'}\n"
@@ -161,7 +167,8 @@ class PrivateRabbit:
                 "ssl_options.verify = verify_none\n"
                 "ssl_options.fail_if_no_peer_cert = false\n"
             )
-        (root / "rabbitmq.conf").write_text(config)
+        (root / "rabbitmq.conf").write_text(settings + config)
+        (root / "advanced.config").write_text(f"[{{rabbit, [{advanced}]}}].\n")
         root.chmod(0o755)
         with contextlib.suppress(KeyError, PermissionError):
             _chown(root, "rabbitmq")  # the server drops to this user; it must own its files

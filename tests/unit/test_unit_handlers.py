@@ -189,3 +189,45 @@ def test_load_a_missing_module_is_a_config_error() -> None:
 def test_load_an_attr_that_is_not_a_registry_is_a_config_error(spec: str) -> None:
     with pytest.raises(ConfigError, match=r"is not a services\.child\.Registry"):
         load(spec)
+
+
+def test_a_command_registers_its_timeout_and_a_later_registration_replaces_it() -> None:
+    registry = Registry(fallback=echo)
+    registry.handler("slow", timeout_s=30)(echo)
+    registry.handler("quick")(echo)
+    assert (registry.timeout_of("slow"), registry.timeout_of("quick")) == (30, None)
+    assert registry.timeout_of("unknown") is None  # the fallback has none of its own
+    other = Registry()
+    other.handler("slow")(echo)
+    registry.update(other)
+    assert registry.timeout_of("slow") is None
+
+
+@pytest.mark.parametrize("bad", [0, -1, 7 * 24 * 3600 + 1])
+def test_a_command_timeout_out_of_range_is_refused(bad: float) -> None:
+    with pytest.raises(ConfigError, match="timeout_s"):
+        Registry().handler("slow", timeout_s=bad)
+
+
+class _Reports:
+    def __init__(self) -> None:
+        self.reported: list[tuple[float | None, str | None]] = []
+
+    def report(self, fraction: float | None, note: str | None) -> None:
+        self.reported.append((fraction, note))
+
+
+def test_progress_reports_to_the_run_it_is_called_from() -> None:
+    from services.child.progress import progress, reporting_to
+
+    reports = _Reports()
+    with pytest.raises(RuntimeError, match="handler"):
+        progress(0.5)
+    with reporting_to(reports):  # type: ignore[arg-type]
+        progress(0.5, "half")
+        progress(1)
+        progress(note="x" * 2000 + "\x00")
+        for bad in (1.5, -0.1, float("nan"), True, "0.5"):
+            with pytest.raises(ValueError, match="0 to 1"):
+                progress(bad)  # type: ignore[arg-type]
+    assert reports.reported == [(0.5, "half"), (1.0, None), (None, "x" * 1000)]

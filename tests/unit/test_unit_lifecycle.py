@@ -391,3 +391,70 @@ def test_a_changed_row_equals_dataclasses_replace_and_leaves_the_old_one() -> No
     assert (old.state, old.attempts) == ("pending", 0)
     with pytest.raises(AssertionError):
         _with(old, stat="processing")
+
+
+# Leases of long runs and progress reports
+
+
+def lease(ts: float, attempt: int = 1, lease_s: float = 60) -> Entry:
+    return event("lease", ts, attempt=attempt, child_id="w1", lease_s=lease_s)
+
+
+def progress(ts: float, attempt: int = 1, **fields: Any) -> Entry:
+    return event("progress", ts, attempt=attempt, child_id="w1", **fields)
+
+
+def lease_expired(ts: float, attempt: int = 1) -> Entry:
+    return event("lease_expired", ts, attempt=attempt, error="lease expired", next_at=at(ts))
+
+
+def test_a_lease_runs_from_its_event_and_heartbeats_extend_it() -> None:
+    row = final_row([send(), processing(1), lease(600, lease_s=60)])
+    assert (row.state, row.lease_until) == ("processing", at(660))
+    row = final_row([send(), processing(1), lease(600, lease_s=60), progress(615, lease_s=60)])
+    assert row.lease_until == at(675)
+    # A heartbeat that arrives late never shortens it.
+    row = final_row([send(), lease(600), progress(615, lease_s=60), progress(610, lease_s=60)])
+    assert row.lease_until == at(675)
+
+
+def test_progress_is_kept_and_a_heartbeat_alone_changes_none_of_it() -> None:
+    row = final_row([send(), processing(1), progress(2, progress=0.4, note="40 pages")])
+    assert (row.progress, row.progress_note, row.lease_until) == (0.4, "40 pages", None)
+    row = final_row([send(), processing(1), progress(2, progress=0.4, note="40"), progress(3)])
+    assert (row.progress, row.progress_note) == (0.4, "40")
+
+
+def test_a_progress_report_does_not_take_a_lease_nor_change_the_state() -> None:
+    row = final_row([send(), processing(1), retry(2), progress(3, lease_s=60, progress=0.5)])
+    assert (row.state, row.lease_until) == ("retrying", None)
+
+
+@pytest.mark.parametrize(
+    "end",
+    [callback(700), retry(700), event("dead", 700, error="parked"), lease_expired(700)],
+    ids=["callback", "retry", "dead", "lease_expired"],
+)
+def test_every_end_of_a_run_ends_its_lease(end: Entry) -> None:
+    row = final_row([send(), processing(1), lease(600), end])
+    assert row.lease_until is None
+    # and a heartbeat still on its way does not bring it back
+    assert final_row([send(), processing(1), lease(600), end, progress(690, lease_s=60)]) == row
+
+
+def test_an_expired_lease_makes_the_task_retrying_and_the_next_run_starts_afresh() -> None:
+    row = final_row([send(), processing(1), lease(600), progress(601, progress=0.3),
+                     lease_expired(700)])  # fmt: skip
+    assert (row.state, row.attempts, row.error) == ("retrying", 1, "lease expired")
+    row = final_row([send(), processing(1), lease(600), progress(601, progress=0.3),
+                     lease_expired(700), processing(701, attempt=2)])  # fmt: skip
+    assert (row.state, row.attempts, row.progress, row.lease_until) == ("processing", 2, None, None)
+
+
+def test_an_expiry_of_a_lease_that_ended_or_moved_on_changes_nothing() -> None:
+    ended = final_row([send(), processing(1), lease(600), callback(650), lease_expired(700)])
+    assert ended.state == "completed"
+    renewed = final_row([send(), lease(600), lease_expired(700), lease(710, attempt=2),
+                         lease_expired(720)])  # fmt: skip
+    assert (renewed.state, renewed.attempts) == ("processing", 2)
+    assert renewed.lease_until == at(770)

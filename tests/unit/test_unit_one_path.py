@@ -65,6 +65,7 @@ def bus_app() -> FastAPI:
         keys=KeyRing.from_settings(settings),
         send_limits=Limiter(0, 1),
         auth_failures=Limiter(0, 1),
+        progress_limits=Limiter(0, 1),
         broker=cast(Any, Unreachable()),
         reader=cast(Any, Unreachable()),
         send_keys=cast(Any, Unreachable()),

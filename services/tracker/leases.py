@@ -1,0 +1,209 @@
+"""Leases of long runs: the tracker sends a task again once the child holding its lease fell
+silent.
+
+A child acks a run's delivery once the run has lasted RELAY_HOLD_DELIVERY (RabbitMQ would take
+the delivery back at its consumer timeout) and publishes a `lease` with the task in it; its
+heartbeats (`progress` events) renew the lease. A task row still `processing` whose lease ran
+out is the tracker's to settle: it publishes the task from the lease to the pool again (attempt
++ 1, confirmed), then records `lease_expired`, which makes the row `retrying`. After
+MAX_LEASE_EXPIRIES expiries the task is parked instead, as a crash loop is.
+
+Only a tracker that is caught up sweeps, and only leases that ran out before the moment it was:
+a heartbeat still waiting in its queue must not count as a silence.
+
+Publish first, record second: a tracker that dies between the two sends the task once more on
+its next sweep, which a child may run a second time (never zero times).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.tracker.lifecycle import Entry
+from services.tracker.store import Store
+from shared import amqp, metrics
+from shared.db import connection
+from shared.errors import BusError, DatabaseUnavailable
+from shared.ids import lease_expired_event_id, new_event_id, utcnow
+from shared.models import LogEntry, Task
+from shared.schemas import Event, TaskMessage
+from shared.topology import Declared, Topology, declare_core
+
+log = logging.getLogger(__name__)
+
+_TASKS = Task.__table__  # type: ignore[attr-defined]
+_LOG = LogEntry.__table__  # type: ignore[attr-defined]
+#: A task whose leases expired this many times is parked (its handler may kill its child).
+MAX_LEASE_EXPIRIES = 5
+#: Leases settled in one sweep at most.
+_PER_SWEEP = 100
+
+
+class LeaseSweeper:
+    """Finds expired leases and sends their tasks again, over a channel of its own."""
+
+    def __init__(
+        self, connection: AbstractRobustConnection, engine: AsyncEngine, topo: Topology
+    ) -> None:
+        self.connection = connection
+        self.engine = engine
+        self.topo = topo
+        self.store = Store(engine)
+        self._publisher: AbstractChannel | None = None
+        self._declared: Declared | None = None
+        self._watch: AbstractRobustChannel | None = None
+        self.recovered = 0
+
+    async def sweep(self, *, inbox_empty: bool) -> int:
+        """Settle the expired leases, if the tracker is caught up; how many were."""
+        try:
+            expired = await self._expired(utcnow())
+            if not expired or not inbox_empty:
+                return 0
+            caught_up_at = utcnow()
+            if not await self._queue_empty():
+                return 0
+            count = 0
+            for row in expired:
+                if row["lease_until"] < caught_up_at:
+                    await self._settle(row)
+                    count += 1
+            self.recovered += count
+            return count
+        except (BusError, DatabaseUnavailable, aiormq.exceptions.AMQPError, OSError) as exc:
+            log.warning("lease sweep failed, trying again later: %r", exc)
+            return 0
+
+    async def _expired(self, now: datetime) -> list[dict[str, Any]]:
+        query = (
+            select(_TASKS.c.task_id, _TASKS.c.attempts, _TASKS.c.child_id, _TASKS.c.lease_until)
+            .where(_TASKS.c.lease_until < now, _TASKS.c.state == "processing")
+            .order_by(_TASKS.c.lease_until)
+            .limit(_PER_SWEEP)
+        )
+        async with connection(self.engine) as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def _queue_empty(self) -> bool:
+        """Whether no message waits in the tracker's queue (none delivered and unread either:
+        the caller saw its inbox empty)."""
+        if self._watch is None or self._watch.is_closed:
+            self._watch = await self.connection.channel()
+        try:
+            declared = await self._watch.declare_queue(
+                self.topo.tracker_queue, passive=True, robust=False
+            )
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            self._watch = None
+            return False
+        return declared.declaration_result.message_count == 0
+
+    async def _settle(self, row: dict[str, Any]) -> None:
+        task_id, attempt = row["task_id"], row["attempts"]
+        lease, expiries = await self._lease_of(task_id)
+        silent = f"lease expired: child {row['child_id']} silent, its lease ran out at " + (
+            row["lease_until"].isoformat()
+        )
+        if lease is None:
+            # Not one the bus wrote (the row says leased, the log has no lease): nothing to send.
+            log.error("task %s: %s, and its lease entry is unreadable", task_id, silent)
+            await self._record(task_id, None, attempt, row["child_id"], f"{silent}; not resent")
+            return
+        task, replays = lease
+        declared = await self._channel()
+        if expiries + 1 >= MAX_LEASE_EXPIRIES:
+            reason = f"{silent} ({expiries + 1} times): parked"
+            log.error("parking task %s: %s", task_id, reason)
+            await amqp.publish(
+                declared.dead,
+                self.topo.parked_queue(self.topo.pool_queue(task.to)),
+                task,
+                task_id,
+                timeout=10,
+                message_type="task",
+                headers={
+                    amqp.ATTEMPT_HEADER: attempt,
+                    amqp.DEAD_REASON_HEADER: reason[:1000],
+                    amqp.PARKED_ID_HEADER: new_event_id(),
+                    amqp.REPLAYS_HEADER: replays,
+                },
+            )
+        else:
+            log.warning("task %s: %s; sending it again (attempt %d)", task_id, silent, attempt + 1)
+            await amqp.publish(
+                declared.tasks,
+                self.topo.task_routing_key(task.to),
+                task,
+                task_id,
+                timeout=10,
+                message_type="task",
+                headers={
+                    amqp.ATTEMPT_HEADER: attempt + 1,
+                    amqp.LAST_ERROR_HEADER: silent[:1000],
+                    amqp.REPLAYS_HEADER: replays,
+                },
+            )
+        await self._record(task_id, task.conversation_id, attempt, row["child_id"], silent)
+        metrics.TRACKER_LEASES_EXPIRED.inc()
+
+    async def _lease_of(self, task_id: str) -> tuple[tuple[TaskMessage, int] | None, int]:
+        """The task and its replays as the last lease carried them, and the expiries so far."""
+        last = (
+            select(_LOG.c.data)
+            .where(_LOG.c.task_id == task_id, _LOG.c.event == "lease")
+            .order_by(_LOG.c.id.desc())
+            .limit(1)
+        )
+        expiries = select(func.count()).where(
+            _LOG.c.task_id == task_id, _LOG.c.event == "lease_expired"
+        )
+        async with connection(self.engine) as conn:
+            data = (await conn.execute(last)).scalar_one_or_none()
+            count = (await conn.execute(expiries)).scalar_one()
+        if not isinstance(data, dict) or not isinstance(data.get("task"), dict):
+            return None, count
+        try:
+            task = TaskMessage.model_validate(data["task"])
+        except ValidationError:
+            return None, count
+        replays = data.get("replays")
+        return (task, replays if isinstance(replays, int) else 0), count
+
+    async def _record(
+        self, task_id: str, conversation_id: str | None, attempt: int, child: str | None, error: str
+    ) -> None:
+        now = utcnow()
+        event = Event(
+            event_id=lease_expired_event_id(task_id, attempt),
+            event="lease_expired",
+            ts=now,
+            task_id=task_id,
+            conversation_id=conversation_id,
+            child_id=child,
+            attempt=attempt,
+            error=error,
+            next_at=now,
+        )
+        await self.store.write([Entry.from_event(event)])
+
+    async def _channel(self) -> Declared:
+        if self._publisher is None or self._publisher.is_closed or self._declared is None:
+            self._publisher = await amqp.open_publisher_channel(self.connection)
+            self._declared = await declare_core(self._publisher, self.topo)
+        return self._declared
+
+    async def close(self) -> None:
+        for channel in (self._publisher, self._watch):
+            if channel is not None and not channel.is_closed:
+                try:
+                    await channel.close()
+                except Exception as exc:  # closing anyway: the connection goes next
+                    log.debug("lease sweeper channel not closed cleanly: %r", exc)
