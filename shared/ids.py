@@ -117,6 +117,12 @@ def lease_expired_event_id(task_id: str, attempt: int) -> str:
     return "lx_" + _b32(digest)
 
 
+def expired_event_id(task_id: str) -> str:
+    """A task's `expired`: the child's and the tracker's sweep's are the same entry."""
+    digest = hashlib.sha256(f"{task_id}/expired".encode()).digest()[:16]
+    return "x_" + _b32(digest)
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)

@@ -40,7 +40,7 @@ CALLBACKS_RECEIVED = Counter(
 TASKS = Counter(
     "convbus_tasks_total",
     "Deliveries a child settled, by pool and outcome "
-    "(completed, failed, retried, parked, skipped as already done, requeued)",
+    "(completed, failed, retried, parked, skipped as already done, requeued, expired)",
     ["pool", "outcome"],
 )
 TASKS_CONSUMED = Counter(
@@ -77,6 +77,10 @@ LEASED_RUNS = Gauge("convbus_leased_runs", "Runs a child holds under a lease now
 TRACKER_LEASES_EXPIRED = Counter(
     "convbus_tracker_leases_expired_total",
     "Leases the tracker found expired, whose tasks it sent again (or parked)",
+)
+TRACKER_EXPIRED = Counter(
+    "convbus_tracker_expired_total",
+    "Tasks the tracker ended expired: still waiting past their deadline",
 )
 TRACKER_EVENTS = Counter(
     "convbus_tracker_events_total", "Entries the tracker wrote (duplicates not counted)"

@@ -66,7 +66,9 @@ class TaskBase(SQLModel):
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
     completed_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
-    #: Until when the child holding a long run's lease answers for it (services/tracker/leases.py).
+    #: A task not started by then never starts (it ends `expired`).
+    deadline: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
+    #: Until when the child holding a long run's lease answers for it (services/tracker/overdue.py).
     lease_until: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
     #: The handler's last progress report: a fraction from 0 to 1, and its words.
     progress: float | None = Field(default=None, sa_column=Column(Float))
@@ -83,7 +85,13 @@ class Task(TaskBase, table=True):
         Index("ix_tasks_state_updated", "state", "updated_at"),
         # The pools, one probe each (Reader.pools(): a loose index scan).
         Index("ix_tasks_recipient", "recipient"),
-        # The lease sweep's: the few tasks whose run holds a lease.
+        # The sweep's: the tasks with a deadline, and those whose run holds a lease.
+        Index(
+            "ix_tasks_deadline",
+            "deadline",
+            postgresql_where=text("deadline IS NOT NULL"),
+            sqlite_where=text("deadline IS NOT NULL"),
+        ),
         Index(
             "ix_tasks_lease_until",
             "lease_until",

@@ -78,8 +78,11 @@ def _not_ahead(value: datetime) -> datetime:
     return min(value, datetime.now(UTC))
 
 
-TaskState = Literal["pending", "processing", "retrying", "completed", "failed"]
-FINAL_STATES: frozenset[str] = frozenset({"completed", "failed"})
+#: A timestamp as a request spells it (the OpenAPI's `date-time`), not only as pydantic reads it.
+RequestTimestamp = Annotated[Timestamp, BeforeValidator(_as_documented)]
+
+TaskState = Literal["pending", "processing", "retrying", "completed", "failed", "expired"]
+FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "expired"})
 EventName = Literal[
     "message",
     "processing",
@@ -91,6 +94,7 @@ EventName = Literal[
     "lease",
     "progress",
     "lease_expired",
+    "expired",
 ]
 #: The longest a handler may be given (`timeout_s`): a week.
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -179,6 +183,8 @@ class SendFields(_NoNul):
     conversation_id: Ident | None = None
     #: A task's handler is cancelled after this many seconds (the attempt fails: retried).
     timeout_s: TimeoutSeconds | None = None
+    #: A task not started by then never starts: it ends `expired`.
+    deadline: RequestTimestamp | None = None
 
 
 def _send_rules(schema: dict[str, Any]) -> None:
@@ -187,8 +193,11 @@ def _send_rules(schema: dict[str, Any]) -> None:
     is_task = {"properties": {"type": {"const": "task"}}, "required": ["type"]}
     schema["if"] = is_task
     schema["then"] = {"properties": {"to": {"not": {"pattern": RESERVED_POOL_PATTERN}}}}
-    schema["else"] = {"properties": {"task_id": {"type": "null"}, "timeout_s": {"type": "null"}}}
+    schema["else"] = {"properties": {name: {"type": "null"} for name in ("task_id", *_TASK_ONLY)}}
 
+
+#: Fields of a send that only a task may have.
+_TASK_ONLY = ("timeout_s", "deadline", "ttl_s")
 
 #: A client-chosen task id: the bus's own `t_…` ids are not the client's to choose (422).
 ClientTaskId = Annotated[Ident, Field(json_schema_extra={"not": {"pattern": f"^{TASK_PREFIX}"}})]
@@ -203,9 +212,20 @@ class SendRequest(SendFields):
     def _task_goes_to_a_pool(self) -> Self:
         if self.type == "task" and not Topology.is_pool_name(self.to):
             raise ValueError("to: a task's pool name may not contain 'parked' or 'delay' as a word")
-        if self.type == "message" and self.timeout_s is not None:
-            raise ValueError("timeout_s applies only to tasks")
+        if self.type == "message":
+            given = [name for name in _TASK_ONLY if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{given[0]} applies only to tasks")
+        if self.deadline is not None and self.ttl_s is not None:
+            raise ValueError("give a deadline or a ttl_s, not both")
+        if self.deadline is not None and self.deadline <= datetime.now(UTC):
+            raise ValueError("deadline: a time in the future")
         return self
+
+    ttl_s: TimeoutSeconds | None = Field(
+        default=None,
+        description="The deadline as seconds from now: a task not started by then never starts.",
+    )
 
     task_id: ClientTaskId | None = Field(
         default=None,
@@ -258,7 +278,7 @@ class Event(BaseModel):
     # lease, progress: the task's lease runs this long past the event's `ts`
     lease_s: float | None = None
     # lease: the task as the child received it, which the tracker sends again should the
-    # child fall silent (services/tracker/leases.py); `replays` is its x-replays header
+    # child fall silent (services/tracker/overdue.py); `replays` is its x-replays header
     task: TaskMessage | None = None
     replays: int | None = None
     # progress
@@ -353,6 +373,8 @@ class TaskResponse(BaseModel):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     completed_at: datetime | None = None
+    #: A task not started by then never starts (it ends `expired`).
+    deadline: datetime | None = None
     #: The handler's last progress report (0 to 1) and its words.
     progress: float | None = None
     progress_note: str | None = None

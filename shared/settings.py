@@ -123,6 +123,8 @@ class ApiSettings(BusSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Database connections the API keeps open (PostgreSQL); as many again may open under load.
     db_pool_size: int = Field(default=20, ge=1, le=500)
+    #: The furthest a task's deadline (`deadline`, `ttl_s`) may be, in seconds from its send.
+    max_deadline_s: float = Field(default=30 * 86_400, gt=0)
     #: How long a signed task id the tracker has not seen yet still reads as `pending`.
     pending_grace_seconds: int = Field(default=7 * 24 * 3600, ge=60)
 
@@ -246,7 +248,7 @@ class TrackerSettings(BusSettings):
     prune_after: Duration | None = None
     #: How often the tracker prunes, when RELAY_PRUNE_AFTER is set.
     prune_every: Duration = timedelta(hours=1)
-    #: Seconds between looks for expired leases of long runs (services/tracker/leases.py).
+    #: Seconds between looks for leases run out and deadlines passed (services/tracker/overdue.py).
     lease_sweep_every: float = Field(default=5.0, gt=0, le=3600)
 
     @field_validator("prune_after", mode="before")

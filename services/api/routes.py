@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -56,9 +56,11 @@ hand_read_router = APIRouter(prefix=API_PREFIX, route_class=HandReadRoute)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
-_SEND_FIELDS = {"from_", "to", "type", "cmd", "payload", "text", "conversation_id", "timeout_s"}
+_SEND_FIELDS = {
+    "from_", "to", "type", "cmd", "payload", "text", "conversation_id", "timeout_s", "deadline"
+}  # fmt: skip
 #: Send fields added after idempotent sends were (the body's hash leaves them out when unset).
-_LATER_FIELDS = ("timeout_s",)
+_LATER_FIELDS = ("timeout_s", "deadline", "ttl_s")
 JSON = "application/json"
 FilterText = Annotated[str | None, Field(max_length=128)]
 #: Log entry ids are 64-bit (BIGINT, SQLite's INTEGER): a larger `after` the database refuses.
@@ -92,6 +94,8 @@ async def send(request: Request) -> Response:
         raise ApiError(429, "Too many sends for this key: retry later", {"Retry-After": str(wait)})
     now = utcnow()
     fields = body.model_dump(include=_SEND_FIELDS)
+    if body.type == "task":
+        fields["deadline"] = _deadline(body, now, services.settings.max_deadline_s)
     if body.type == "message":
         if body.task_id is not None:
             raise ApiError(400, "task_id applies only to tasks")
@@ -112,6 +116,20 @@ async def send(request: Request) -> Response:
     task = TaskMessage(task_id=services.ids.new(body.to), created_at=now, **fields)
     await services.broker.publish_task(task)
     return _answer(SendResponse(task_id=task.task_id))
+
+
+def _deadline(body: SendRequest, now: datetime, most_s: float) -> datetime | None:
+    """The task's deadline (`ttl_s` from now, or as given); 422 beyond RELAY_MAX_DEADLINE_S."""
+    if body.ttl_s is not None:
+        deadline = now + timedelta(seconds=body.ttl_s)
+    elif body.deadline is not None:
+        deadline = body.deadline
+    else:
+        return None
+    if deadline - now > timedelta(seconds=most_s):
+        field = "ttl_s" if body.ttl_s is not None else "deadline"
+        raise ApiError(422, f"{field}: at most {most_s:g} s ahead (RELAY_MAX_DEADLINE_S)")
+    return deadline
 
 
 def _answer(model: BaseModel, *, exclude_none: bool = False) -> Response:
@@ -275,6 +293,7 @@ async def task_record(task_id: TaskIdPath, services: ServicesDep) -> TaskRespons
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         completed_at=row["completed_at"],
+        deadline=row["deadline"],
         progress=row["progress"],
         progress_note=row["progress_note"],
         lease_until=row["lease_until"],

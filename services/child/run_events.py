@@ -19,7 +19,7 @@ from typing import Any
 from shared import amqp
 from shared.backoff import Backoff, retry
 from shared.errors import BusError
-from shared.ids import new_event_id, new_run_id, processing_event_id, utcnow
+from shared.ids import expired_event_id, new_event_id, new_run_id, processing_event_id, utcnow
 from shared.schemas import CallbackRequest, Event, TaskMessage
 from shared.topology import Declared, Topology
 
@@ -126,6 +126,22 @@ class RunEvents:
                 lease_s=lease_s,
                 task=task,
                 replays=replays,
+            )
+        )
+
+    async def expired(self, task: TaskMessage, attempt: int | None, reason: str) -> None:
+        """Tell the tracker the task ends `expired` (never started again); confirmed, since the
+        delivery is acked next. Raises BusError."""
+        await self._publish(
+            Event(
+                event_id=expired_event_id(task.task_id),
+                event="expired",
+                ts=utcnow(),
+                task_id=task.task_id,
+                conversation_id=task.conversation_id,
+                child_id=self.child_id,
+                attempt=attempt,
+                error=reason,
             )
         )
 

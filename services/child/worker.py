@@ -7,7 +7,7 @@ import contextlib
 import enum
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -66,6 +66,17 @@ class _Retry(Exception):
         self.leased = False
 
 
+class _Expired:
+    """The task's deadline passed before its handler started: it never will."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def attempt_of(message: AbstractIncomingMessage) -> int:
     """The attempt number the message carries (1 when the header is missing or bad)."""
     value = (message.headers or {}).get(amqp.ATTEMPT_HEADER, 1)
@@ -119,7 +130,15 @@ class Worker:
         self.ops = OpsServer(settings.ops_host, settings.ops_port, self.readiness)
         self._count = {
             outcome: metrics.TASKS.labels(pool, outcome)
-            for outcome in ("completed", "failed", "retried", "parked", "skipped", "requeued")
+            for outcome in (
+                "completed",
+                "failed",
+                "retried",
+                "parked",
+                "skipped",
+                "requeued",
+                "expired",
+            )
         }
         self._consumed = metrics.TASKS_CONSUMED.labels(pool)
         self._in_flight_gauge = metrics.TASKS_IN_FLIGHT.labels(pool)
@@ -266,6 +285,8 @@ class Worker:
                 running.set()
             if isinstance(ran, _Retry):
                 return await self._retry_or_park(message, task, attempt, policy, ran)
+            if isinstance(ran, _Expired):
+                return await self._expire(task, None, ran.reason)  # no attempt was made
             if ran is None:
                 log.info("task %s not started: the child is stopping", task.task_id)
                 self._count["requeued"].inc()
@@ -301,12 +322,15 @@ class Worker:
 
     async def _run_in_a_slot(
         self, message: AbstractIncomingMessage, task: TaskMessage, attempt: int, policy: RetryPolicy
-    ) -> CallbackRequest | _Retry | None:
+    ) -> CallbackRequest | _Retry | _Expired | None:
         """Run the handler once one of the concurrency's slots is free: its outcome with the
-        run's fields, the retry it asks for, or None when the child began stopping first."""
+        run's fields, the retry it asks for, _Expired past the task's deadline (not run), or
+        None when the child began stopping first."""
         if not await self._take_a_slot():
             return None
         try:
+            if task.deadline is not None and utcnow() >= task.deadline:
+                return _Expired(f"not started by its deadline {_iso(task.deadline)}")
             events = self._run_events()
             run = Run(attempt)
             pending = events.processing_when_slow(task, run)
@@ -494,6 +518,15 @@ class Worker:
             return await self._park(message, task, attempt, reason)
         if retry.delay is not None:
             delay_ms = max(10, round(retry.delay * 1000))
+        if (
+            task.deadline is not None
+            and utcnow() + timedelta(milliseconds=delay_ms) >= task.deadline
+        ):
+            reason = (
+                f"attempt {attempt} failed ({retry.reason}); the next would start after its "
+                f"deadline {_iso(task.deadline)}"
+            )
+            return await self._expire(task, attempt, reason)
         assert self._publisher is not None
         with amqp.broker_errors("RabbitMQ did not declare the delay queue in time"):
             async with asyncio.timeout(self.settings.callback_timeout):
@@ -518,6 +551,18 @@ class Worker:
         # Best effort, like `processing`: the retry itself is already safe in the delay queue,
         # and requeueing the delivery now would run the task twice.
         await self._run_events().retried(task, attempt, retry.reason, next_at, firmly=retry.leased)
+        return Verdict.ACK
+
+    async def _expire(self, task: TaskMessage, attempt: int | None, reason: str) -> Verdict:
+        """End the task `expired`: confirmed, then acked (else it comes back, expired again)."""
+        log.info("task %s expired: %s", task.task_id, reason)
+        try:
+            await self._run_events().expired(task, attempt, reason[:10_000])
+        except BusError as exc:
+            log.warning("task %s: its expiry not published (%s); it goes back", task.task_id, exc)
+            self._count["requeued"].inc()
+            return Verdict.REQUEUE
+        self._count["expired"].inc()
         return Verdict.ACK
 
     async def _park(

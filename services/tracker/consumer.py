@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.batching import early_batches
-from services.tracker.leases import LeaseSweeper
 from services.tracker.lifecycle import Entry
+from services.tracker.overdue import OverdueSweep
 from services.tracker.pruning import pruning
 from services.tracker.queue_stats import QueueWatch
 from services.tracker.store import BadBatch, Store
@@ -180,7 +180,7 @@ class Tracker:
         await subscription.start()
         self._subscription = subscription
         log.info("tracker consuming %s", self.topo.tracker_queue)
-        leases = LeaseSweeper(connection, store.engine, self.topo)
+        overdue = OverdueSweep(connection, store.engine, self.topo)
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + self.settings.lease_sweep_every
         try:
@@ -191,10 +191,10 @@ class Tracker:
                     await self._record(store, batch)
                 if loop.time() >= next_sweep:
                     # Between batches: the sweep's writes never race this tracker's own.
-                    await leases.sweep(inbox_empty=self._inbox.empty())
+                    await overdue.sweep(inbox_empty=self._inbox.empty())
                     next_sweep = loop.time() + self.settings.lease_sweep_every
         finally:
-            await leases.close()
+            await overdue.close()
             await subscription.stop()
 
     async def _wait_for_schema(self, store: Store) -> bool:

@@ -3,6 +3,7 @@
 ``pending -> processing -> completed | failed``, ``processing -> retrying -> processing``.
 A run past the child's hold takes a lease (``lease``), renewed by ``progress`` heartbeats; a
 lease the tracker finds expired (``lease_expired``) sends the task back: ``retrying``.
+A task not started by its deadline ends ``expired`` (final), from any state but a final one.
 Events may arrive in any order (a completion before its send); the result is the same, and
 nothing moves a task out of ``completed`` or ``failed`` but a ``replay`` of a failed task.
 """
@@ -111,6 +112,7 @@ class TaskRow:
     send_seen: bool = False
     next_attempt_at: datetime | None = None
     completed_at: datetime | None = None
+    deadline: datetime | None = None
     lease_until: datetime | None = None
     progress: float | None = None
     progress_note: str | None = None
@@ -142,6 +144,7 @@ def _send_fields(task: TaskMessage) -> dict[str, Any]:
         "payload": task.payload,
         "text": task.text,
         "conversation_id": task.conversation_id,
+        "deadline": task.deadline,
         "created_at": task.created_at,
         "send_seen": True,
     }
@@ -227,6 +230,9 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
             "next_attempt_at": None,
             "lease_until": None,
         }
+    elif source.event == "expired":
+        changes = {"state": "expired", "error": source.error, "completed_at": entry.ts,
+                   "next_attempt_at": None, "lease_until": None}  # fmt: skip
     elif source.event == "dead":
         changes = {"state": "failed", "error": source.error, "completed_at": entry.ts,
                    "next_attempt_at": None, "lease_until": None}  # fmt: skip

@@ -18,7 +18,9 @@ ONE_RETRY = '{"default": {"max_retries": 1, "backoff": 0.1}}'
 
 def _start(bus: Bus, **env: str) -> None:
     bus.start_tracker()
-    bus.start_child("child", "--handlers", "bus_handlers:handlers", RELAY_RETRY=ONE_RETRY, **env)
+    bus.start_child(
+        "child", "--handlers", "bus_handlers:handlers", **{"RELAY_RETRY": ONE_RETRY, **env}
+    )
     bus.start_api()
 
 
@@ -103,3 +105,45 @@ def test_a_foreign_child_reports_progress_over_http(bus: Bus) -> None:
     wait_for(lambda: any(e.get("text") == "marker" for e in logs(bus)))
     reported = [e for e in logs(bus, task_id=task_id) if e["event"] == "progress"]
     assert len(reported) == 3 - len(refused) + 1 and reported[0]["child_id"] == "ext"
+
+
+def _expired(bus: Bus, task_id: str) -> dict[str, object]:
+    row = wait_for(lambda: finished(bus, task_id), timeout=30, what=f"{task_id} to end")
+    assert row["task_status"] == "expired", row
+    return row
+
+
+def test_a_task_that_waited_past_its_deadline_never_starts(bus: Bus, tmp_path: Path) -> None:
+    bus.start_tracker(RELAY_LEASE_SWEEP_EVERY="0.5")
+    bus.start_api()
+    runs = tmp_path / "runs"
+    # No child yet: it waits in the pool's queue, and the tracker ends it (5 s after).
+    task_id = send_task(bus, "counted_nap", ttl_s=0.5, payload={"counter": str(runs)})
+    row = _expired(bus, task_id)
+    assert "not started by its deadline" in str(row["error"]) and row["deadline"]
+    # A child that gets it now leaves it: its own `expired` is the same entry.
+    bus.start_child("child", "--handlers", "bus_handlers:handlers")
+    wait_for(lambda: bus.namespace.queue_depth(bus.namespace.topo.pool_queue("child")) == 0)
+    after = send_task(bus, "echo")
+    wait_for(lambda: finished(bus, after))
+    assert not runs.exists()
+    assert [e["event"] for e in logs(bus, task_id=task_id)] == ["send", "expired"]
+
+
+def test_a_task_picked_up_past_its_deadline_never_starts(bus: Bus, tmp_path: Path) -> None:
+    _start(bus, RELAY_CONCURRENCY="1")
+    runs = tmp_path / "runs"
+    first = send_task(bus, "nap", payload={"seconds": 1.5})
+    late = send_task(bus, "counted_nap", ttl_s=0.5, payload={"counter": str(runs)})
+    row = _expired(bus, late)
+    assert row["attempts"] == 0 and not runs.exists()
+    assert wait_for(lambda: finished(bus, first))["task_status"] == "completed"
+
+
+def test_a_retry_that_would_start_after_the_deadline_expires_at_once(bus: Bus) -> None:
+    _start(bus, RELAY_RETRY='{"default": {"max_retries": 3, "backoff": 30}}')
+    task_id = send_task(bus, "boom", ttl_s=10)
+    row = _expired(bus, task_id)
+    assert "attempt 1 failed (RuntimeError: boom" in str(row["error"])
+    assert "the next would start after its deadline" in str(row["error"])
+    assert [e["event"] for e in logs(bus, task_id=task_id)] == ["send", "processing", "expired"]

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from shared.schemas import FINAL_STATES
 from tests.support.bus import API_KEY, Bus, wait_for
 
 AUTH = {"X-Relay-API-Key": API_KEY}
@@ -58,4 +59,4 @@ def logs_at_least(bus: Bus, n: int, **params: Any) -> list[dict[str, Any]]:
 
 def finished(bus: Bus, task_id: str) -> dict[str, Any] | None:
     body = record(bus, task_id)
-    return body if body["task_status"] in ("completed", "failed") else None
+    return body if body["task_status"] in FINAL_STATES else None

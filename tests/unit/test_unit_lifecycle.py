@@ -458,3 +458,17 @@ def test_an_expiry_of_a_lease_that_ended_or_moved_on_changes_nothing() -> None:
                          lease_expired(720)])  # fmt: skip
     assert (renewed.state, renewed.attempts) == ("processing", 2)
     assert renewed.lease_until == at(770)
+
+
+def test_expired_is_final_from_any_state_but_a_final_one() -> None:
+    expired = event("expired", 50, error="not started by its deadline")
+    for before in ([send()], [send(), processing(1), retry(2)], [send(), lease(600)]):
+        row = final_row([*before, expired])
+        assert (row.state, row.error, row.lease_until) == ("expired", row.error, None)
+        assert row.completed_at == at(50) and row.error == "not started by its deadline"
+        assert final_row([*before, expired, callback(60), processing(61, 5)]).state == "expired"
+    assert final_row([send(), callback(10), expired]).state == "completed"
+
+
+def test_the_send_keeps_the_deadline() -> None:
+    assert final_row([send(deadline=at(30))]).deadline == at(30)

@@ -138,3 +138,19 @@ def test_a_callbacks_result_is_accepted_as_documented(result: Any, ok: bool) -> 
     body = {"task_id": "t_1", "result": result}
     assert documented(CallbackRequest, body) is ok
     assert accepted(CallbackRequest, body) is ok
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"ttl_s": 5, "deadline": "2099-01-01T00:00:00Z"}, "not both"),
+        ({"deadline": "2020-01-01T00:00:00Z"}, "in the future"),
+        ({"type": "message", "deadline": "2099-01-01T00:00:00Z"}, "only to tasks"),
+        ({"type": "message", "ttl_s": 5}, "only to tasks"),
+        ({"type": "message", "timeout_s": 5}, "only to tasks"),
+    ],
+)
+def test_a_sends_deadline_and_timeout_rules(extra: dict[str, Any], message: str) -> None:
+    body = {"from": "m", "to": "child", "type": "task"} | extra
+    with pytest.raises(ValidationError, match=message):
+        SendRequest.model_validate(body)

@@ -1,5 +1,5 @@
-"""Leases of long runs: the tracker sends a task again once the child holding its lease fell
-silent.
+"""What is overdue: leases of long runs whose child fell silent (the tracker sends the task
+again), and deadlines passed by tasks never started (the tracker ends them `expired`).
 
 A child acks a run's delivery once the run has lasted RELAY_HOLD_DELIVERY (RabbitMQ would take
 the delivery back at its consumer timeout) and publishes a `lease` with the task in it; its
@@ -8,8 +8,13 @@ out is the tracker's to settle: it publishes the task from the lease to the pool
 + 1, confirmed), then records `lease_expired`, which makes the row `retrying`. After
 MAX_LEASE_EXPIRIES expiries the task is parked instead, as a crash loop is.
 
-Only a tracker that is caught up sweeps, and only leases that ran out before the moment it was:
-a heartbeat still waiting in its queue must not count as a silence.
+A task still `pending` or `retrying` EXPIRY_GRACE past its deadline ends `expired`: a child
+would not start it now (it checks the deadline itself, with the same event id, so the log keeps
+one entry); the grace covers a child's clock running behind.
+
+Only a tracker that is caught up sweeps, and only what was overdue before the moment it was: a
+heartbeat, or the `processing` of a task started in time, still waiting in its queue must not
+count as a silence.
 
 Publish first, record second: a tracker that dies between the two sends the task once more on
 its next sweep, which a child may run a second time (never zero times).
@@ -18,7 +23,7 @@ its next sweep, which a child may run a second time (never zero times).
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiormq
@@ -32,7 +37,7 @@ from services.tracker.store import Store
 from shared import amqp, metrics
 from shared.db import connection
 from shared.errors import BusError, DatabaseUnavailable
-from shared.ids import lease_expired_event_id, new_event_id, utcnow
+from shared.ids import expired_event_id, lease_expired_event_id, new_event_id, utcnow
 from shared.models import LogEntry, Task
 from shared.schemas import Event, TaskMessage
 from shared.topology import Declared, Topology, declare_core
@@ -43,12 +48,15 @@ _TASKS = Task.__table__  # type: ignore[attr-defined]
 _LOG = LogEntry.__table__  # type: ignore[attr-defined]
 #: A task whose leases expired this many times is parked (its handler may kill its child).
 MAX_LEASE_EXPIRIES = 5
-#: Leases settled in one sweep at most.
+#: Leases, and tasks past their deadline, settled in one sweep at most (each).
 _PER_SWEEP = 100
+#: A task is expired by the tracker this long after its deadline (children's clocks may lag).
+EXPIRY_GRACE = timedelta(seconds=5)
 
 
-class LeaseSweeper:
-    """Finds expired leases and sends their tasks again, over a channel of its own."""
+class OverdueSweep:
+    """Finds expired leases and passed deadlines; sends the tasks of the one again (over a
+    channel of its own) and ends the others `expired`."""
 
     def __init__(
         self, connection: AbstractRobustConnection, engine: AsyncEngine, topo: Topology
@@ -60,27 +68,42 @@ class LeaseSweeper:
         self._publisher: AbstractChannel | None = None
         self._declared: Declared | None = None
         self._watch: AbstractRobustChannel | None = None
-        self.recovered = 0
 
     async def sweep(self, *, inbox_empty: bool) -> int:
-        """Settle the expired leases, if the tracker is caught up; how many were."""
+        """Settle what is overdue, if the tracker is caught up; how many were."""
         try:
-            expired = await self._expired(utcnow())
-            if not expired or not inbox_empty:
+            now = utcnow()
+            leases = await self._expired(now)
+            late = await self._past_deadline(now - EXPIRY_GRACE)
+            if not (leases or late) or not inbox_empty:
                 return 0
             caught_up_at = utcnow()
             if not await self._queue_empty():
                 return 0
             count = 0
-            for row in expired:
+            for row in leases:
                 if row["lease_until"] < caught_up_at:
                     await self._settle(row)
                     count += 1
-            self.recovered += count
-            return count
+            ended = [_expiry(row) for row in late if row["deadline"] < caught_up_at - EXPIRY_GRACE]
+            if ended:
+                await self.store.write(ended)
+                metrics.TRACKER_EXPIRED.inc(len(ended))
+                log.info("%d tasks expired: not started by their deadline", len(ended))
+            return count + len(ended)
         except (BusError, DatabaseUnavailable, aiormq.exceptions.AMQPError, OSError) as exc:
-            log.warning("lease sweep failed, trying again later: %r", exc)
+            log.warning("sweep of overdue tasks failed, trying again later: %r", exc)
             return 0
+
+    async def _past_deadline(self, cutoff: datetime) -> list[dict[str, Any]]:
+        query = (
+            select(_TASKS.c.task_id, _TASKS.c.conversation_id, _TASKS.c.deadline, _TASKS.c.attempts)
+            .where(_TASKS.c.deadline < cutoff, _TASKS.c.state.in_(("pending", "retrying")))
+            .order_by(_TASKS.c.deadline)
+            .limit(_PER_SWEEP)
+        )
+        async with connection(self.engine) as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
 
     async def _expired(self, now: datetime) -> list[dict[str, Any]]:
         query = (
@@ -207,3 +230,18 @@ class LeaseSweeper:
                     await channel.close()
                 except Exception as exc:  # closing anyway: the connection goes next
                     log.debug("lease sweeper channel not closed cleanly: %r", exc)
+
+
+def _expiry(row: dict[str, Any]) -> Entry:
+    deadline = row["deadline"].isoformat().replace("+00:00", "Z")
+    return Entry.from_event(
+        Event(
+            event_id=expired_event_id(row["task_id"]),
+            event="expired",
+            ts=utcnow(),
+            task_id=row["task_id"],
+            conversation_id=row["conversation_id"],
+            attempt=row["attempts"] or None,
+            error=f"not started by its deadline {deadline}",
+        )
+    )

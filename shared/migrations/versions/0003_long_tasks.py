@@ -1,8 +1,10 @@
-"""Leases of long runs and handlers' progress: three columns of `tasks` and a partial index.
+"""Long tasks: deadlines, leases of long runs, handlers' progress; four columns of `tasks`.
 
+- ``deadline``: a task not started by then never starts;
 - ``lease_until``: until when the child holding a run past its hold answers for it;
 - ``progress``, ``progress_note``: the handler's last progress report;
-- ``ix_tasks_lease_until``: the lease sweep's, over the few rows that hold a lease.
+- ``ix_tasks_deadline``, ``ix_tasks_lease_until``: the tracker's sweep's, partial (over the
+  rows that have one).
 
 Adding nullable columns without a default rewrites nothing, on PostgreSQL and SQLite alike.
 
@@ -23,7 +25,7 @@ down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-_HOLDS_A_LEASE = "lease_until IS NOT NULL"
+_PARTIAL = {"ix_tasks_deadline": "deadline", "ix_tasks_lease_until": "lease_until"}
 # A frozen copy of shared.models.UtcDateTime's database type (a migration must not change when
 # models do).
 Timestamp = sa.DateTime(timezone=True)
@@ -31,21 +33,20 @@ Timestamp = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     with op.batch_alter_table("tasks") as batch:
+        batch.add_column(sa.Column("deadline", Timestamp, nullable=True))
         batch.add_column(sa.Column("lease_until", Timestamp, nullable=True))
         batch.add_column(sa.Column("progress", sa.Float(), nullable=True))
         batch.add_column(sa.Column("progress_note", sa.Text(), nullable=True))
-    op.create_index(
-        "ix_tasks_lease_until",
-        "tasks",
-        ["lease_until"],
-        postgresql_where=sa.text(_HOLDS_A_LEASE),
-        sqlite_where=sa.text(_HOLDS_A_LEASE),
-    )
+    for name, column in _PARTIAL.items():
+        where = sa.text(f"{column} IS NOT NULL")
+        op.create_index(name, "tasks", [column], postgresql_where=where, sqlite_where=where)
 
 
 def downgrade() -> None:
-    op.drop_index("ix_tasks_lease_until", "tasks")
+    for name in reversed(_PARTIAL):
+        op.drop_index(name, "tasks")
     with op.batch_alter_table("tasks") as batch:
         batch.drop_column("progress_note")
         batch.drop_column("progress")
         batch.drop_column("lease_until")
+        batch.drop_column("deadline")
