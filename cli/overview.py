@@ -42,6 +42,8 @@ def render_table(overview: Overview) -> str:
     ]
     if t.consumers == 0:
         lines.append("  no tracker is consuming: nothing is being recorded")
+    c = overview.control
+    lines.append(f"control stream (cancels): {c.messages} messages, read by {c.consumers} children")
     return "\n".join(lines)
 
 

@@ -123,6 +123,12 @@ def expired_event_id(task_id: str) -> str:
     return "x_" + _b32(digest)
 
 
+def cancel_event_id(task_id: str) -> str:
+    """A task's `cancel`: asked twice, it is one entry."""
+    digest = hashlib.sha256(f"{task_id}/cancel".encode()).digest()[:16]
+    return "c_" + _b32(digest)
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)

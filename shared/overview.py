@@ -176,11 +176,24 @@ class TrackerOverview(QueueCounts):
 
 
 @dataclass
+class ControlOverview:
+    """The control stream: the cancels it keeps (with children's markers), and its readers (one
+    a connected child)."""
+
+    messages: int = 0
+    consumers: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"messages": self.messages, "consumers": self.consumers}
+
+
+@dataclass
 class Overview:
     namespace: str
     vhost: str
     pools: list[PoolOverview]
     tracker: TrackerOverview
+    control: ControlOverview = field(default_factory=ControlOverview)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -188,6 +201,7 @@ class Overview:
             "vhost": self.vhost,
             "pools": {p.pool: p.as_dict() for p in self.pools},
             "tracker": self.tracker.as_dict(),
+            "control": self.control.as_dict(),
         }
 
 
@@ -195,6 +209,7 @@ def build_overview(topo: Topology, queues: Iterable[QueueStats], vhost: str = "/
     """The overview of `topo`'s namespace from the queues of its vhost (others' are ignored)."""
     pools: dict[str, PoolOverview] = {}
     tracker = TrackerOverview()
+    control = ControlOverview()
     for queue in queues:
         role = topo.classify(queue.name)
         if role is None:
@@ -205,6 +220,9 @@ def build_overview(topo: Topology, queues: Iterable[QueueStats], vhost: str = "/
             continue
         if role.kind == "tracker_parked":
             tracker.parked = queue.messages
+            continue
+        if role.kind == "control":
+            control.messages, control.consumers = queue.messages, queue.consumers
             continue
         assert role.pool is not None  # every other kind belongs to a pool
         pool = pools.setdefault(role.pool, PoolOverview(role.pool))
@@ -218,7 +236,9 @@ def build_overview(topo: Topology, queues: Iterable[QueueStats], vhost: str = "/
     for pool in pools.values():
         pool.delays.sort(key=lambda d: d.delay_ms)
     ordered = [pools[name] for name in sorted(pools)]
-    return Overview(namespace=topo.namespace, vhost=vhost, pools=ordered, tracker=tracker)
+    return Overview(
+        namespace=topo.namespace, vhost=vhost, pools=ordered, tracker=tracker, control=control
+    )
 
 
 async def fetch_queue_stats(

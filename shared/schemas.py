@@ -81,8 +81,10 @@ def _not_ahead(value: datetime) -> datetime:
 #: A timestamp as a request spells it (the OpenAPI's `date-time`), not only as pydantic reads it.
 RequestTimestamp = Annotated[Timestamp, BeforeValidator(_as_documented)]
 
-TaskState = Literal["pending", "processing", "retrying", "completed", "failed", "expired"]
-FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "expired"})
+TaskState = Literal[
+    "pending", "processing", "retrying", "completed", "failed", "expired", "canceled"
+]
+FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "expired", "canceled"})
 EventName = Literal[
     "message",
     "processing",
@@ -95,6 +97,7 @@ EventName = Literal[
     "progress",
     "lease_expired",
     "expired",
+    "cancel",
 ]
 #: The longest a handler may be given (`timeout_s`): a week.
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -184,12 +187,18 @@ class SendFields(_NoNul):
     #: A task's handler is cancelled after this many seconds (the attempt fails: retried).
     timeout_s: TimeoutSeconds | None = None
     #: A task not started by then never starts: it ends `expired`.
-    deadline: RequestTimestamp | None = None
+    deadline: RequestTimestamp | None = Field(
+        default=None,
+        description="A task not started by then never starts (it ends `expired`); in the "
+        "future, at most RELAY_MAX_DEADLINE_S (30 days) ahead: 422 otherwise.",
+    )
 
 
 def _send_rules(schema: dict[str, Any]) -> None:
     """What a send's fields require of each other, in its JSON Schema (the OpenAPI of a send):
-    a task goes to a pool's name (`_task_goes_to_a_pool`); a message takes no `task_id` (400)."""
+    a task goes to a pool's name (`_task_goes_to_a_pool`); a message takes no `task_id` (400)
+    nor a task's timing; a deadline or a ttl_s. That a deadline lies ahead, and not too far,
+    depends on the clock: the field's description says it (422 otherwise)."""
     is_task = {"properties": {"type": {"const": "task"}}, "required": ["type"]}
     schema["if"] = is_task
     schema["then"] = {"properties": {"to": {"not": {"pattern": RESERVED_POOL_PATTERN}}}}
@@ -272,6 +281,8 @@ class Event(BaseModel):
     queue: str | None = None
     # ack
     ack_by: Name | None = None
+    # cancel: who asked
+    canceled_by: Name | None = None
     # callback: the run that produced it, for the `processing` entry the tracker derives
     run_id: Ident | None = None
     started_at: Timestamp | None = None
@@ -335,6 +346,12 @@ class SendResponse(Ok):
     """The answer to a send; `task_id` is null for a message."""
 
     task_id: str | None
+
+
+class CancelResponse(Ok):
+    """The answer to a cancel: the task will not start, and a running handler is cancelled."""
+
+    task_id: str
 
 
 class CallbackResponse(Ok):

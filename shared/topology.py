@@ -13,6 +13,9 @@ Names (``ns`` is RELAY_NAMESPACE):
                                tasks and events with ``#`` (every send and event), and to dead
                                with ``{ns}.pool.#`` (every task parked).
 - ``{ns}.tracker.parked``      where the tracker sets aside what it cannot read.
+- ``{ns}.control``             stream of the events every child must see (`cancel`), bound to
+                               events with ``cancel``; kept CONTROL_MAX_AGE, read from its
+                               start by every child.
 """
 
 from __future__ import annotations
@@ -41,10 +44,15 @@ DELIVERY_LIMIT = 20
 PARKED_DELIVERY_LIMIT = 1_000_000
 #: A delay queue nobody declared for this long is deleted (its messages left long before).
 DELAY_QUEUE_IDLE_MS = 600_000
+#: How long the control stream keeps a cancel: a child reads this far back when it starts, and
+#: asks the API about a task older than that (services/child/cancels.py).
+CONTROL_MAX_AGE_DAYS = 7
+#: Events on the control stream, by routing key.
+CONTROL_EVENTS = ("cancel",)
 _PARKED_SUFFIX = ".parked"
 _DELAY_SUFFIX = re.compile(r"\.delay\.([0-9]+)$")
 
-QueueKind = Literal["pool", "parked", "delay", "tracker", "tracker_parked"]
+QueueKind = Literal["pool", "parked", "delay", "tracker", "tracker_parked", "control"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,10 @@ class Topology:
     def tracker_queue(self) -> str:
         return f"{self.namespace}.tracker"
 
+    @property
+    def control_stream(self) -> str:
+        return f"{self.namespace}.control"
+
     @staticmethod
     def is_pool_name(name: str) -> bool:
         """1-64 of [A-Za-z0-9_.:-], and not a name that would collide with a pool's own queues."""
@@ -110,6 +122,8 @@ class Topology:
             return QueueRole("tracker")
         if queue == self.parked_queue(self.tracker_queue):
             return QueueRole("tracker_parked")
+        if queue == self.control_stream:
+            return QueueRole("control")
         if not queue.startswith(self._pool_prefix):
             return None
         rest = queue[len(self._pool_prefix) :]
@@ -176,9 +190,13 @@ class Topology:
     def pool_queue_arguments(self, pool: str) -> dict[str, Any]:
         return self.work_queue_arguments(self.pool_queue(pool))
 
+    @staticmethod
+    def control_stream_arguments() -> dict[str, Any]:
+        return {"x-queue-type": "stream", "x-max-age": f"{CONTROL_MAX_AGE_DAYS}D"}
+
     def names(self, pools: list[str]) -> tuple[list[str], list[str]]:
         """(exchanges, queues) of this namespace for these pools: what a cleanup deletes."""
-        queues = [self.tracker_queue, self.parked_queue(self.tracker_queue)]
+        queues = [self.tracker_queue, self.parked_queue(self.tracker_queue), self.control_stream]
         for pool in pools:
             queues += [self.pool_queue(pool), self.parked_queue(self.pool_queue(pool))]
         return [self.tasks_exchange, self.events_exchange, self.dead_exchange], queues
@@ -240,6 +258,11 @@ async def _declare_core(channel: AbstractChannel, topo: Topology) -> Declared:
     await tracker.bind(tasks, routing_key="#")
     await tracker.bind(events, routing_key="#")
     await tracker.bind(dead, routing_key=topo.parked_pools_pattern)
+    control = await channel.declare_queue(
+        topo.control_stream, durable=True, arguments=topo.control_stream_arguments()
+    )
+    for event in CONTROL_EVENTS:
+        await control.bind(events, routing_key=topo.event_routing_key(event))
     return Declared(tasks=tasks, events=events, dead=dead, tracker=tracker)
 
 

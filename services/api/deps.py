@@ -87,4 +87,5 @@ def _scope(*scopes: str) -> Callable[..., Awaitable[Principal]]:
 
 AckKey = Annotated[Principal, Depends(_scope("send", "callback"))]
 CallbackKey = Annotated[Principal, Depends(_scope("callback"))]
+CancelKey = Annotated[Principal, Depends(_scope("send", "admin"))]
 AdminKey = Depends(_scope("admin"))

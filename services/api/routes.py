@@ -15,6 +15,7 @@ from services.api.auth import Principal
 from services.api.deps import (
     AckKey,
     CallbackKey,
+    CancelKey,
     KeyHeader,
     Services,
     ServicesDep,
@@ -31,12 +32,14 @@ from shared.contract import (
     MAX_LIMIT,
 )
 from shared.errors import DatabaseUnavailable
-from shared.ids import TASK_PREFIX, callback_event_id, new_event_id, utcnow
+from shared.ids import TASK_PREFIX, callback_event_id, cancel_event_id, new_event_id, utcnow
 from shared.readmodel import LogFilter
 from shared.schemas import (
+    FINAL_STATES,
     AckRequest,
     CallbackRequest,
     CallbackResponse,
+    CancelResponse,
     ErrorResponse,
     Event,
     LogsResponse,
@@ -298,6 +301,41 @@ async def task_record(task_id: TaskIdPath, services: ServicesDep) -> TaskRespons
         progress_note=row["progress_note"],
         lease_until=row["lease_until"],
     )
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=CancelResponse, responses=_ERRORS)
+async def cancel(task_id: TaskIdPath, services: ServicesDep, principal: CancelKey) -> Response:
+    """Cancel a task: after this 200 it never starts, and a handler running it is cancelled
+    (RELAY docs/reliability.md, "Cancellation"); it ends `canceled`, unless it finished first.
+    Its sender's key or an `admin` key; again: 200; a finished task: 409."""
+    row = await services.reader.task(task_id)
+    if row is None:
+        await _known(task_id, services)  # 404 for an id the bus never issued
+        if not _may_cancel(principal, None):
+            raise ApiError(409, "task not recorded yet, so its sender is unknown: retry shortly")
+    else:
+        state = row["state"]
+        if not _may_cancel(principal, row["sender"]):
+            raise ApiError(403, "Forbidden: only the task's sender or an admin may cancel it")
+        if state in FINAL_STATES and state != "canceled":
+            raise ApiError(409, f"task already {state}")
+    event = Event(
+        event_id=cancel_event_id(task_id),
+        event="cancel",
+        ts=utcnow(),
+        task_id=task_id,
+        conversation_id=row["conversation_id"] if row is not None else None,
+        canceled_by=principal.name,
+    )
+    await services.broker.publish_event(event)
+    return _answer(CancelResponse(task_id=task_id))
+
+
+def _may_cancel(principal: Principal, sender: str | None) -> bool:
+    """An admin, a key that sends as anyone, or the task's sender (None: not known yet)."""
+    if "admin" in principal.scopes or principal.send_as_any:
+        return True
+    return sender is not None and sender == principal.name
 
 
 @router.post("/tasks/{task_id}/progress", response_model=Ok, responses=_ERRORS)

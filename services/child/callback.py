@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 IDLE_CONNECTION_SECONDS = 30
 
 
-#: What a child learns of a task delivered again before it runs it (CallbackClient.standing).
-Standing = Literal["completed", "leased"] | None
+#: What a child learns of a task before it runs it (CallbackClient.standing).
+Standing = Literal["completed", "leased", "ended"] | None
 
 
 class _Unanswered(Exception):
@@ -68,8 +68,9 @@ class CallbackClient:
             await self._session.close()
 
     async def standing(self, task_id: str) -> Standing:
-        """What the bus records of a task delivered again: `completed`, `leased` (a run of it
-        holds a lease that has not expired: another child answers for it), or None (unsure).
+        """What the bus records of a task that may have run: `completed`, `leased` (a run of it
+        holds a lease that has not expired: another child answers for it), `ended` (canceled
+        or expired: it never runs again), or None (unsure, or none of these).
 
         Not `failed`: a replayed task reads `failed` until the tracker applies the replay.
         """
@@ -83,6 +84,8 @@ class CallbackClient:
             return None
         if record.task_status == "completed":
             return "completed"
+        if record.task_status in ("canceled", "expired"):
+            return "ended"
         until = record.lease_until
         if record.task_status == "processing" and until is not None and until > utcnow():
             return "leased"

@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from pydantic import ValidationError
 
 from services.child.callback import CallbackClient
+from services.child.cancels import CancelFeed
 from services.child.handlers import Registry
 from services.child.progress import reporting_to
 from services.child.run_events import Run, RunEvents, RunReports
@@ -64,6 +65,17 @@ class _Retry(Exception):
         self.delay = delay
         #: The run held a lease, which the retry's event must end (RunEvents.retried).
         self.leased = False
+
+
+class _CanceledRun(Exception):
+    """The task was cancelled on the bus while its handler ran."""
+
+
+class _Canceled:
+    """The task was cancelled on the bus: not started, or its handler cancelled."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
 
 
 class _Expired:
@@ -121,6 +133,9 @@ class Worker:
         self._running: dict[str, asyncio.Event] = {}
         #: Task id → the heartbeats of its leased run, until the task is settled.
         self._leases: dict[str, RunReports] = {}
+        #: Task id → its handler running here (a cancel cancels it).
+        self._handlers: dict[str, asyncio.Future[object]] = {}
+        self.cancels = CancelFeed(self.topo, self._cancel_running)
         self._publisher: AbstractChannel | None = None
         self._declared: Declared | None = None
         self._events: RunEvents | None = None
@@ -138,6 +153,7 @@ class Worker:
                 "skipped",
                 "requeued",
                 "expired",
+                "canceled",
             )
         }
         self._consumed = metrics.TASKS_CONSUMED.labels(pool)
@@ -172,6 +188,7 @@ class Worker:
             await self._serve(connection)
         finally:
             self._consuming = False
+            await self.cancels.close()
             await connection.close()
             await self.callback.close()
             await self.ops.close()
@@ -188,6 +205,7 @@ class Worker:
             timeout=self.settings.callback_timeout,
             processing_after=self.settings.processing_after,
         )
+        await self.cancels.start(connection, self._publisher)
         consumer = await connection.channel()
         await consumer.set_qos(prefetch_count=self.settings.prefetch)
         queue = await declare_pool(
@@ -274,7 +292,10 @@ class Worker:
         # Nothing was ever called back for a task on its first delivery with a fresh outcome.
         first = outcome is None and not message.redelivered and attempt == 1
         if outcome is None:
-            if (message.redelivered or attempt > 1) and await self._answered_for(task):
+            may_have_run = message.redelivered or attempt > 1
+            if (may_have_run or self.cancels.may_be_forgotten(task.created_at)) and (
+                await self._answered_for(task)
+            ):
                 self._count["skipped"].inc()
                 return Verdict.ACK
             running = self._running[task.task_id] = asyncio.Event()
@@ -287,6 +308,10 @@ class Worker:
                 return await self._retry_or_park(message, task, attempt, policy, ran)
             if isinstance(ran, _Expired):
                 return await self._expire(task, None, ran.reason)  # no attempt was made
+            if isinstance(ran, _Canceled):
+                log.info("task %s canceled%s", task.task_id, ran.how)
+                self._count["canceled"].inc()
+                return Verdict.ACK
             if ran is None:
                 log.info("task %s not started: the child is stopping", task.task_id)
                 self._count["requeued"].inc()
@@ -314,6 +339,8 @@ class Worker:
         standing = await self.callback.standing(task.task_id)
         if standing == "completed":
             log.info("task %s is completed on the bus; not running it again", task.task_id)
+        elif standing == "ended":
+            log.info("task %s is canceled or expired on the bus; not running it", task.task_id)
         elif standing == "leased":
             # Its delivery was acked for a lease (the ack did not reach RabbitMQ): the lease's
             # holder runs it, or the tracker sends it again once the lease expires.
@@ -322,13 +349,17 @@ class Worker:
 
     async def _run_in_a_slot(
         self, message: AbstractIncomingMessage, task: TaskMessage, attempt: int, policy: RetryPolicy
-    ) -> CallbackRequest | _Retry | _Expired | None:
+    ) -> CallbackRequest | _Retry | _Expired | _Canceled | None:
         """Run the handler once one of the concurrency's slots is free: its outcome with the
-        run's fields, the retry it asks for, _Expired past the task's deadline (not run), or
-        None when the child began stopping first."""
+        run's fields, the retry it asks for, _Expired past the task's deadline or _Canceled
+        (not run, or cancelled while it ran), or None when the child began stopping first."""
         if not await self._take_a_slot():
             return None
         try:
+            if not self.cancels.ready.is_set():
+                await self.cancels.ready.wait()  # every cancel sent so far, before any start
+            if task.task_id in self.cancels.canceled:
+                return _Canceled(": not started")
             if task.deadline is not None and utcnow() >= task.deadline:
                 return _Expired(f"not started by its deadline {_iso(task.deadline)}")
             events = self._run_events()
@@ -343,6 +374,10 @@ class Worker:
                 retry.leased = await self._end_hold(hold, reports, run)
                 await events.end(pending, task, run, publish=True)
                 return retry
+            except _CanceledRun:
+                await self._end_hold(hold, reports, run)
+                await events.end(pending, task, run, publish=True)
+                return _Canceled(": its handler was cancelled")
             finally:
                 if not run.processing_published:  # a publish under way is left to finish
                     pending.cancel()
@@ -439,8 +474,10 @@ class Worker:
         try:
             # A sync handler's thread cannot be stopped: it is abandoned, its result unused.
             async with asyncio.timeout(timeout) as limit:
-                result = await self.registry.run(task, self.threads)
+                result = await self._handler_of(task)
         except asyncio.CancelledError:
+            if self._canceled_here(task):
+                raise _CanceledRun from None
             raise
         except TimeoutError as exc:
             if not limit.expired():  # the handler's own TimeoutError (a client's, say)
@@ -469,6 +506,31 @@ class Worker:
                 task, self.child_id, f"handler result refused: not JSON the bus can store: {exc}"
             )
         return done
+
+    async def _handler_of(self, task: TaskMessage) -> object:
+        """The handler's result; it runs in a task of its own, which a cancel cancels."""
+        handler = asyncio.ensure_future(self.registry.run(task, self.threads))
+        self._handlers[task.task_id] = handler
+        try:
+            return await handler
+        finally:
+            if self._handlers.get(task.task_id) is handler:
+                del self._handlers[task.task_id]
+
+    def _cancel_running(self, task_id: str) -> None:
+        """A cancel came: the task's handler, if it runs here, gets CancelledError (a sync one
+        is abandoned to its thread)."""
+        handler = self._handlers.get(task_id)
+        if handler is not None and not handler.done():
+            log.info("task %s canceled on the bus: cancelling its handler", task_id)
+            handler.cancel()
+
+    def _canceled_here(self, task: TaskMessage) -> bool:
+        """Whether the CancelledError just caught is a cancel's, not this child's own."""
+        current = asyncio.current_task()
+        return task.task_id in self.cancels.canceled and (
+            current is None or current.cancelling() == 0
+        )
 
     def _handler_failed(
         self, task: TaskMessage, policy: RetryPolicy, exc: Exception

@@ -3,7 +3,8 @@
 ``pending -> processing -> completed | failed``, ``processing -> retrying -> processing``.
 A run past the child's hold takes a lease (``lease``), renewed by ``progress`` heartbeats; a
 lease the tracker finds expired (``lease_expired``) sends the task back: ``retrying``.
-A task not started by its deadline ends ``expired`` (final), from any state but a final one.
+A task not started by its deadline ends ``expired``, a ``cancel`` ends it ``canceled``: both
+final, from any state but a final one (a callback that comes after changes nothing).
 Events may arrive in any order (a completion before its send); the result is the same, and
 nothing moves a task out of ``completed`` or ``failed`` but a ``replay`` of a failed task.
 """
@@ -230,6 +231,10 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
             "next_attempt_at": None,
             "lease_until": None,
         }
+    elif source.event == "cancel":
+        changes = {"state": "canceled", "error": f"canceled by {source.canceled_by}",
+                   "completed_at": entry.ts, "next_attempt_at": None,
+                   "lease_until": None}  # fmt: skip
     elif source.event == "expired":
         changes = {"state": "expired", "error": source.error, "completed_at": entry.ts,
                    "next_attempt_at": None, "lease_until": None}  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -61,9 +62,11 @@ def schemathesis(bus: Bus, report_dir: Path) -> subprocess.CompletedProcess[str]
         "--report", "ndjson", "--report-dir", str(report_dir),
         "--no-color", "--output-truncate", "false",
     ]  # fmt: skip
+    hooks = {"SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("schemathesis_hooks.py"))}
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=report_dir, check=False
-    )
+        command, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=report_dir, check=False,
+        env={**os.environ, **hooks},
+    )  # fmt: skip
 
 
 def exchanges(report_dir: Path) -> Iterator[Exchange]:

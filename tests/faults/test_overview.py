@@ -134,6 +134,7 @@ def test_overview_counts_what_waits_where(private_rabbit: PrivateRabbit) -> None
                     "other": {**zero, "delays": []},
                 },
                 "tracker": {"lag": 5, "ready": 4, "unacked": 1, "consumers": 1, "parked": 1},
+                "control": {"messages": 0, "consumers": 0},
             },
             ns,
             **env,
@@ -144,6 +145,7 @@ def test_overview_counts_what_waits_where(private_rabbit: PrivateRabbit) -> None
         lines = table.stdout.splitlines()
         assert ["child", "3", "2", "1", "1", "2"] in [line.split() for line in lines]
         assert "tracker: lag 5 (ready 4, unacked 1), consumers 1, parked 1" in lines
+        assert "control stream (cancels): 0 messages, read by 0 children" in lines
         assert neighbour.name not in table.stdout
 
         # The management URL may leave the credentials to RELAY_AMQP_URL; wrong ones are a 401.

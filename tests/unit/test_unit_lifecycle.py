@@ -472,3 +472,18 @@ def test_expired_is_final_from_any_state_but_a_final_one() -> None:
 
 def test_the_send_keeps_the_deadline() -> None:
     assert final_row([send(deadline=at(30))]).deadline == at(30)
+
+
+def test_a_cancel_is_final_and_a_later_callback_changes_nothing() -> None:
+    cancel = event("cancel", 40, canceled_by="master")
+    for before in ([send()], [send(), processing(1)], [send(), processing(1), retry(2)]):
+        row = final_row([*before, cancel])
+        assert (row.state, row.error, row.completed_at) == (
+            "canceled",
+            "canceled by master",
+            at(40),
+        )
+        late = final_row([*before, cancel, callback(50, result={"late": 1}), processing(51, 3)])
+        assert (late.state, late.result) == ("canceled", None)
+    assert final_row([send(), callback(10), cancel]).state == "completed"
+    assert final_row([send(), lease(600), cancel]).lease_until is None

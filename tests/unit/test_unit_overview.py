@@ -172,6 +172,8 @@ SAMPLE = [
      "consumers": 0},
     # Declared a moment ago: RabbitMQ has not counted it yet.
     {"name": "ns1.pool.bazi.parked"},
+    {"name": "ns1.control", "messages": 12, "messages_ready": 12, "messages_unacknowledged": 0,
+     "consumers": 2},
     {"name": "ns2.pool.child", "messages": 99, "messages_ready": 99,
      "messages_unacknowledged": 0, "consumers": 9},
     {"name": "ns2.tracker", "messages": 50, "messages_ready": 50, "messages_unacknowledged": 0,
@@ -196,6 +198,7 @@ def test_build_overview_from_the_management_json() -> None:
             },
         },
         "tracker": {"lag": 7, "ready": 5, "unacked": 2, "consumers": 1, "parked": 1},
+        "control": {"messages": 12, "consumers": 2},
     }  # fmt: skip
 
 

@@ -164,6 +164,7 @@ def test_names_lists_what_cleanup_deletes(topo: Topology) -> None:
     assert queues == [
         "ns1.tracker",
         "ns1.tracker.parked",
+        "ns1.control",
         "ns1.pool.child",
         "ns1.pool.child.parked",
         "ns1.pool.child_bazi",
@@ -174,7 +175,7 @@ def test_names_lists_what_cleanup_deletes(topo: Topology) -> None:
 def test_names_without_pools_still_lists_the_core(topo: Topology) -> None:
     exchanges, queues = topo.names([])
     assert len(exchanges) == 3
-    assert queues == ["ns1.tracker", "ns1.tracker.parked"]
+    assert queues == ["ns1.tracker", "ns1.tracker.parked", "ns1.control"]
 
 
 def test_every_name_starts_with_the_namespace(topo: Topology) -> None:

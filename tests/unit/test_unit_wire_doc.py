@@ -20,7 +20,13 @@ from pydantic import BaseModel
 from shared import amqp
 from shared.retry import RetryPolicy
 from shared.schemas import CallbackRequest, Event, SendRequest, TaskMessage, TaskStatusResponse
-from shared.topology import DELAY_QUEUE_IDLE_MS, DELIVERY_LIMIT, PARKED_DELIVERY_LIMIT, Topology
+from shared.topology import (
+    CONTROL_EVENTS,
+    DELAY_QUEUE_IDLE_MS,
+    DELIVERY_LIMIT,
+    PARKED_DELIVERY_LIMIT,
+    Topology,
+)
 
 PAGE = (Path(__file__).resolve().parents[2] / "docs" / "wire.md").read_text(encoding="utf-8")
 #: The worked example's namespace and pool, also put in for `{ns}` and `{pool}` in the tables.
@@ -130,6 +136,8 @@ def expected_arguments(queue: str) -> dict[str, Any]:
         return TOPO.parked_queue_arguments()
     if role.kind == "tracker":
         return TOPO.tracker_queue_arguments()
+    if role.kind == "control":
+        return TOPO.control_stream_arguments()
     assert role.pool is not None
     if role.kind == "delay":
         assert role.delay_ms is not None
@@ -280,6 +288,7 @@ def test_the_exchanges_and_bindings_match_the_topology() -> None:
             {"#", TOPO.parked_pools_pattern},
         ),
         "tracker_parked": ({TOPO.dead_exchange}, {TOPO.parked_queue(TOPO.tracker_queue)}),
+        "control": ({TOPO.events_exchange}, set(CONTROL_EVENTS)),
     }
     queues = by_header[("queue", "bound to", "binding key")]
     kinds = []
