@@ -16,9 +16,9 @@ if TYPE_CHECKING:  # aiohttp and the rest only when the command runs: `convbus a
 def render_table(overview: Overview) -> str:
     """The overview as an operator reads it: a table of pools, the delay queues, the tracker."""
     lines = [f"namespace {overview.namespace} (vhost {overview.vhost})", ""]
-    header = ("pool", "ready", "unacked", "consumers", "parked", "retrying")
+    header = ("pool", "ready", "unacked", "consumers", "parked", "retrying", "high")
     rows = [
-        (p.pool, *map(str, (p.ready, p.unacked, p.consumers, p.parked, p.retrying)))
+        (p.pool, *map(str, (p.ready, p.unacked, p.consumers, p.parked, p.retrying, p.high)))
         for p in overview.pools
     ]
     if rows:
@@ -43,7 +43,7 @@ def render_table(overview: Overview) -> str:
     if t.consumers == 0:
         lines.append("  no tracker is consuming: nothing is being recorded")
     c = overview.control
-    lines.append(f"control stream (cancels): {c.messages} messages, read by {c.consumers} children")
+    lines.append(f"cancels: followed by {c.consumers} children, {c.messages} waiting")
     return "\n".join(lines)
 
 

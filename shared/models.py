@@ -68,6 +68,8 @@ class TaskBase(SQLModel):
     completed_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
     #: A task not started by then never starts (it ends `expired`).
     deadline: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
+    #: `high`, or None for the rest.
+    priority: str | None = Field(default=None, sa_column=Column(String(8)))
     #: Until when the child holding a long run's lease answers for it (services/tracker/overdue.py).
     lease_until: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
     #: The handler's last progress report: a fraction from 0 to 1, and its words.
@@ -161,4 +163,16 @@ class SendKey(SQLModel, table=True):
     pool: str | None = Field(default=None, sa_column=Column(String(64)))
     body_hash: str = Field(sa_column=Column(String(64), nullable=False))
     confirmed: bool = Field(default=False, nullable=False)
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class Cancel(SQLModel, table=True):
+    """A task's cancel, recorded by the API before it publishes it: a child that (re)connects
+    reads every cancel from here, so none sent while it was away is missed."""
+
+    __tablename__ = "cancels"
+    __table_args__ = (Index("ix_cancels_created", "created_at"),)
+
+    task_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    canceled_by: str = Field(sa_column=Column(String(64), nullable=False))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))

@@ -153,6 +153,8 @@ class QueueCounts:
 class PoolOverview(QueueCounts):
     pool: str
     delays: list[DelayQueue] = field(default_factory=list)
+    #: Tasks in the pool's queue of high tasks, ready or delivered.
+    high: int = 0
 
     @property
     def retrying(self) -> int:
@@ -161,7 +163,7 @@ class PoolOverview(QueueCounts):
     def as_dict(self) -> dict[str, Any]:
         delays = [{"queue": d.queue, "delay_ms": d.delay_ms, "messages": d.messages}
                   for d in self.delays]  # fmt: skip
-        return {**self.counts(), "retrying": self.retrying, "delays": delays}
+        return {**self.counts(), "high": self.high, "retrying": self.retrying, "delays": delays}
 
 
 @dataclass
@@ -177,8 +179,7 @@ class TrackerOverview(QueueCounts):
 
 @dataclass
 class ControlOverview:
-    """The control stream: the cancels it keeps (with children's markers), and its readers (one
-    a connected child)."""
+    """The children's own queues of cancels: how many children follow them, and what waits."""
 
     messages: int = 0
     consumers: int = 0
@@ -221,8 +222,9 @@ def build_overview(topo: Topology, queues: Iterable[QueueStats], vhost: str = "/
         if role.kind == "tracker_parked":
             tracker.parked = queue.messages
             continue
-        if role.kind == "control":
-            control.messages, control.consumers = queue.messages, queue.consumers
+        if role.kind == "control":  # one queue per child that follows the cancels
+            control.messages += queue.messages
+            control.consumers += queue.consumers
             continue
         assert role.pool is not None  # every other kind belongs to a pool
         pool = pools.setdefault(role.pool, PoolOverview(role.pool))
@@ -230,7 +232,9 @@ def build_overview(topo: Topology, queues: Iterable[QueueStats], vhost: str = "/
             pool.ready, pool.unacked, pool.consumers = queue.ready, queue.unacked, queue.consumers
         elif role.kind == "parked":
             pool.parked = queue.messages
-        else:
+        elif role.kind == "high":
+            pool.high = queue.ready + queue.unacked
+        else:  # a delay queue, of normal or high tasks
             assert role.delay_ms is not None
             pool.delays.append(DelayQueue(queue.name, role.delay_ms, queue.messages))
     for pool in pools.values():

@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from shared import amqp
 from shared.ids import new_event_id, utcnow
 from shared.schemas import Event, TaskMessage
-from shared.topology import Declared, Topology
+from shared.topology import Declared, Topology, declare_high
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,10 @@ class ParkingLots:
             timeout=self.timeout,
             message_type="event",
         )
+        if task.priority == "high":  # back to the pool's high queue, declared if it is not
+            await declare_high(self.publisher, self.topo, self.declared, pool)
         await amqp.publish(
-            self.declared.tasks,
+            self.declared.tasks_of(task.priority),
             self.topo.task_routing_key(pool),
             message.body,
             task.task_id,

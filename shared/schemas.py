@@ -24,7 +24,7 @@ from pydantic_core import CoreSchema
 
 from shared.contract import IDENT_PATTERN, NAME_PATTERN
 from shared.ids import TASK_PREFIX
-from shared.topology import RESERVED_POOL_PATTERN, Topology
+from shared.topology import RESERVED_POOL_PATTERN, Priority, Topology
 
 #: A string PostgreSQL can store: no NUL character. `_NoNul` refuses them in one pass over a
 #: body; the JSON Schema says it of every string with this pattern.
@@ -186,6 +186,8 @@ class SendFields(_NoNul):
     conversation_id: Ident | None = None
     #: A task's handler is cancelled after this many seconds (the attempt fails: retried).
     timeout_s: TimeoutSeconds | None = None
+    #: `high`: the task has its own queue and handler slots in its pool, ahead of the rest.
+    priority: Priority | None = None
     #: A task not started by then never starts: it ends `expired`.
     deadline: RequestTimestamp | None = Field(
         default=None,
@@ -206,7 +208,7 @@ def _send_rules(schema: dict[str, Any]) -> None:
 
 
 #: Fields of a send that only a task may have.
-_TASK_ONLY = ("timeout_s", "deadline", "ttl_s")
+_TASK_ONLY = ("timeout_s", "deadline", "ttl_s", "priority")
 
 #: A client-chosen task id: the bus's own `t_…` ids are not the client's to choose (422).
 ClientTaskId = Annotated[Ident, Field(json_schema_extra={"not": {"pattern": f"^{TASK_PREFIX}"}})]
@@ -354,6 +356,12 @@ class CancelResponse(Ok):
     task_id: str
 
 
+class CancelsResponse(Ok):
+    """GET /api/relay/cancels: the tasks canceled since a moment (a child reads them)."""
+
+    task_ids: list[str]
+
+
 class CallbackResponse(Ok):
     """The answer to a callback (seed: `{"status":"ok"}`); `duplicate: true` for a final task."""
 
@@ -392,6 +400,7 @@ class TaskResponse(BaseModel):
     completed_at: datetime | None = None
     #: A task not started by then never starts (it ends `expired`).
     deadline: datetime | None = None
+    priority: str | None = None
     #: The handler's last progress report (0 to 1) and its words.
     progress: float | None = None
     progress_note: str | None = None

@@ -148,6 +148,9 @@ class ChildSettings(BusSettings):
     #: Deliveries a child holds unacked: running, calling back, or waiting for a handler.
     #: Unset: the concurrency. Above it, deliveries wait in the child for a free handler.
     prefetch: int = Field(default=DEFAULT_CONCURRENCY, ge=1, le=MAX_PREFETCH)
+    #: Handlers of `high` tasks at once, besides the concurrency (their own slots and queue).
+    #: Unset: a tenth of the concurrency, at least 1.
+    high_concurrency: int | None = Field(default=None, ge=1, le=MAX_PREFETCH)
     callback_attempts: int = Field(default=3, ge=1, le=20)
     #: Wait after the first failed callback attempt; it doubles after each (1 s, 2 s, 4 s).
     callback_backoff: float = Field(default=1.0, ge=0, le=300)
@@ -179,7 +182,7 @@ class ChildSettings(BusSettings):
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(default=8010, ge=0, le=65535)
 
-    @field_validator("handler_timeout", mode="before")
+    @field_validator("handler_timeout", "high_concurrency", mode="before")
     @classmethod
     def _empty_timeout_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -211,6 +214,11 @@ class ChildSettings(BusSettings):
                 "RELAY_PREFETCH (it follows the concurrency) or raise it"
             )
         return self
+
+    @property
+    def high_slots(self) -> int:
+        """Handlers of high tasks at once."""
+        return self.high_concurrency or max(1, self.concurrency // 10)
 
     @cached_property
     def worker_name(self) -> str:

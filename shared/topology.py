@@ -5,17 +5,22 @@ Names (``ns`` is RELAY_NAMESPACE):
 - ``{ns}.tasks``   topic exchange; a task is published with routing key = its pool.
 - ``{ns}.events``  topic exchange; an event is published with routing key = its event name.
 - ``{ns}.dead``    topic exchange; what a queue sets aside goes here, keyed by the parked queue.
+- ``{ns}.tasks.high`` topic exchange; a `high` priority task, routing key = its pool.
 - ``{ns}.pool.{pool}``         quorum queue of a child pool, bound to tasks with key ``{pool}``.
+- ``{ns}.high.{pool}``         the pool's quorum queue of `high` tasks, bound to tasks.high with
+                               key ``{pool}``; children consume it with slots of its own, so a
+                               high task never waits behind the pool's queue or its handlers.
+- ``{ns}.high.{pool}.delay.{ms}``  a high task's retry waits here, then goes back to tasks.high.
 - ``{ns}.pool.{pool}.parked``  the pool's parking lot: tasks out of retries, poison messages.
 - ``{ns}.pool.{pool}.delay.{ms}``  a retry waits here ``ms`` milliseconds, then dead-letters back
                                to the tasks exchange with key ``{pool}``; deleted when unused.
 - ``{ns}.tracker``             quorum queue of the tracker (single active consumer), bound to
-                               tasks and events with ``#`` (every send and event), and to dead
-                               with ``{ns}.pool.#`` (every task parked).
+                               tasks, tasks.high and events with ``#`` (every send and event),
+                               and to dead with ``{ns}.pool.#`` (every task parked).
 - ``{ns}.tracker.parked``      where the tracker sets aside what it cannot read.
-- ``{ns}.control``             stream of the events every child must see (`cancel`), bound to
-                               events with ``cancel``; kept CONTROL_MAX_AGE, read from its
-                               start by every child.
+- ``{ns}.control.{child}-{id}``  a child's own queue of cancels (exclusive, auto-delete), bound
+                               to events with ``cancel``: the live half of services/child/
+                               cancels.py; the API's database holds every cancel for the rest.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustQueue,
+    ExchangeType,
+)
 
 from shared.contract import NAME_PATTERN
 from shared.errors import ConfigError
@@ -44,15 +56,19 @@ DELIVERY_LIMIT = 20
 PARKED_DELIVERY_LIMIT = 1_000_000
 #: A delay queue nobody declared for this long is deleted (its messages left long before).
 DELAY_QUEUE_IDLE_MS = 600_000
-#: How long the control stream keeps a cancel: a child reads this far back when it starts, and
-#: asks the API about a task older than that (services/child/cancels.py).
+#: How far back a child reads the cancels when it (re)connects; it asks the API about a task
+#: older than that before it starts it (services/child/cancels.py).
 CONTROL_MAX_AGE_DAYS = 7
-#: Events on the control stream, by routing key.
+#: Events every child hears, on a queue of its own.
 CONTROL_EVENTS = ("cancel",)
 _PARKED_SUFFIX = ".parked"
 _DELAY_SUFFIX = re.compile(r"\.delay\.([0-9]+)$")
 
-QueueKind = Literal["pool", "parked", "delay", "tracker", "tracker_parked", "control"]
+QueueKind = Literal[
+    "pool", "parked", "delay", "tracker", "tracker_parked", "control", "high", "high_delay"
+]
+#: A task's priority: `high` ones have their own queue and handler slots in every pool.
+Priority = Literal["normal", "high"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,14 @@ class Topology:
         return f"{self.namespace}.tasks"
 
     @property
+    def high_tasks_exchange(self) -> str:
+        return f"{self.namespace}.tasks.high"
+
+    def tasks_exchange_of(self, priority: str | None) -> str:
+        """Where a task of this priority is published (None: normal)."""
+        return self.high_tasks_exchange if priority == "high" else self.tasks_exchange
+
+    @property
     def events_exchange(self) -> str:
         return f"{self.namespace}.events"
 
@@ -86,9 +110,9 @@ class Topology:
     def tracker_queue(self) -> str:
         return f"{self.namespace}.tracker"
 
-    @property
-    def control_stream(self) -> str:
-        return f"{self.namespace}.control"
+    def control_queue(self, child_id: str, unique: str) -> str:
+        """A child's own queue of the events every child hears (`cancel`)."""
+        return f"{self.namespace}.control.{child_id}-{unique}"
 
     @staticmethod
     def is_pool_name(name: str) -> bool:
@@ -104,12 +128,26 @@ class Topology:
     def _pool_prefix(self) -> str:
         return f"{self.namespace}.pool."
 
+    @property
+    def _high_prefix(self) -> str:
+        return f"{self.namespace}.high."
+
+    def high_queue(self, pool: str) -> str:
+        """The pool's queue of `high` tasks."""
+        if not self.is_pool_name(pool):
+            raise ValueError(f"invalid pool name {pool!r}")
+        return f"{self._high_prefix}{pool}"
+
+    def queue_of(self, pool: str, priority: str | None) -> str:
+        """The queue a task of this priority waits in (None: normal)."""
+        return self.high_queue(pool) if priority == "high" else self.pool_queue(pool)
+
     @staticmethod
     def parked_queue(queue: str) -> str:
         return f"{queue}{_PARKED_SUFFIX}"
 
-    def delay_queue(self, pool: str, delay_ms: int) -> str:
-        return f"{self.pool_queue(pool)}.delay.{delay_ms}"
+    def delay_queue(self, pool: str, delay_ms: int, priority: str | None = None) -> str:
+        return f"{self.queue_of(pool, priority)}.delay.{delay_ms}"
 
     @property
     def name_prefix(self) -> str:
@@ -122,8 +160,15 @@ class Topology:
             return QueueRole("tracker")
         if queue == self.parked_queue(self.tracker_queue):
             return QueueRole("tracker_parked")
-        if queue == self.control_stream:
+        if queue.startswith(f"{self.namespace}.control."):
             return QueueRole("control")
+        if queue.startswith(self._high_prefix):
+            rest = queue[len(self._high_prefix) :]
+            high = QueueRole("high", rest)
+            if delay := _DELAY_SUFFIX.search(rest):
+                rest = rest[: delay.start()]
+                high = QueueRole("high_delay", rest, int(delay.group(1)))
+            return high if self.is_pool_name(rest) else None
         if not queue.startswith(self._pool_prefix):
             return None
         rest = queue[len(self._pool_prefix) :]
@@ -172,12 +217,14 @@ class Topology:
     def parked_queue_arguments() -> dict[str, Any]:
         return {"x-queue-type": "quorum", "x-delivery-limit": PARKED_DELIVERY_LIMIT}
 
-    def delay_queue_arguments(self, pool: str, delay_ms: int) -> dict[str, Any]:
+    def delay_queue_arguments(
+        self, pool: str, delay_ms: int, priority: str | None = None
+    ) -> dict[str, Any]:
         """A retry's waiting room: at-least-once back to the pool when its time is up."""
         return {
             "x-queue-type": "quorum",
             "x-message-ttl": delay_ms,
-            "x-dead-letter-exchange": self.tasks_exchange,
+            "x-dead-letter-exchange": self.tasks_exchange_of(priority),
             "x-dead-letter-routing-key": self.task_routing_key(pool),
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
@@ -190,16 +237,18 @@ class Topology:
     def pool_queue_arguments(self, pool: str) -> dict[str, Any]:
         return self.work_queue_arguments(self.pool_queue(pool))
 
-    @staticmethod
-    def control_stream_arguments() -> dict[str, Any]:
-        return {"x-queue-type": "stream", "x-max-age": f"{CONTROL_MAX_AGE_DAYS}D"}
+    def high_queue_arguments(self, pool: str) -> dict[str, Any]:
+        """Those of the pool's queue: its poison goes to the pool's parking lot too."""
+        return self.work_queue_arguments(self.pool_queue(pool))
 
     def names(self, pools: list[str]) -> tuple[list[str], list[str]]:
         """(exchanges, queues) of this namespace for these pools: what a cleanup deletes."""
-        queues = [self.tracker_queue, self.parked_queue(self.tracker_queue), self.control_stream]
+        queues = [self.tracker_queue, self.parked_queue(self.tracker_queue)]
         for pool in pools:
             queues += [self.pool_queue(pool), self.parked_queue(self.pool_queue(pool))]
-        return [self.tasks_exchange, self.events_exchange, self.dead_exchange], queues
+            queues += [self.high_queue(pool)]
+        exchanges = [self.tasks_exchange, self.events_exchange, self.dead_exchange]
+        return [*exchanges, self.high_tasks_exchange], queues
 
 
 @dataclass
@@ -210,6 +259,11 @@ class Declared:
     events: AbstractExchange
     dead: AbstractExchange
     tracker: AbstractQueue
+    high_tasks: AbstractExchange
+
+    def tasks_of(self, priority: str | None) -> AbstractExchange:
+        """The exchange a task of this priority is published to."""
+        return self.high_tasks if priority == "high" else self.tasks
 
 
 async def _declare_with_parking(
@@ -252,18 +306,17 @@ async def _declare_core(channel: AbstractChannel, topo: Topology) -> Declared:
     tasks = await channel.declare_exchange(topo.tasks_exchange, ExchangeType.TOPIC, durable=True)
     events = await channel.declare_exchange(topo.events_exchange, ExchangeType.TOPIC, durable=True)
     dead = await channel.declare_exchange(topo.dead_exchange, ExchangeType.TOPIC, durable=True)
+    high_tasks = await channel.declare_exchange(
+        topo.high_tasks_exchange, ExchangeType.TOPIC, durable=True
+    )
     tracker = await _declare_with_parking(
         channel, topo, dead, topo.tracker_queue, topo.tracker_queue_arguments()
     )
     await tracker.bind(tasks, routing_key="#")
+    await tracker.bind(high_tasks, routing_key="#")
     await tracker.bind(events, routing_key="#")
     await tracker.bind(dead, routing_key=topo.parked_pools_pattern)
-    control = await channel.declare_queue(
-        topo.control_stream, durable=True, arguments=topo.control_stream_arguments()
-    )
-    for event in CONTROL_EVENTS:
-        await control.bind(events, routing_key=topo.event_routing_key(event))
-    return Declared(tasks=tasks, events=events, dead=dead, tracker=tracker)
+    return Declared(tasks=tasks, events=events, dead=dead, tracker=tracker, high_tasks=high_tasks)
 
 
 async def declare_pool(
@@ -278,10 +331,41 @@ async def declare_pool(
     return queue
 
 
-async def declare_delay(channel: AbstractChannel, topo: Topology, pool: str, delay_ms: int) -> str:
+async def declare_control(
+    channel: AbstractRobustChannel, topo: Topology, child_id: str, unique: str
+) -> AbstractRobustQueue:
+    """Declare a child's own queue of cancels, bound to events; not restored by aio-pika (the
+    child declares a new one after each reconnection, then reads what it missed from the API)."""
+    queue = await channel.declare_queue(
+        topo.control_queue(child_id, unique), exclusive=True, auto_delete=True, robust=False
+    )
+    assert isinstance(queue, AbstractRobustQueue)  # a robust channel's queue
+    for event in CONTROL_EVENTS:
+        await queue.bind(
+            topo.events_exchange, routing_key=topo.event_routing_key(event), robust=False
+        )
+    return queue
+
+
+async def declare_high(
+    channel: AbstractChannel, topo: Topology, declared: Declared, pool: str
+) -> AbstractQueue:
+    """Declare a pool's queue of high tasks (its parking lot is the pool's), bound to tasks.high."""
+    with _refusals_explained(topo):
+        await declare_pool(channel, topo, declared, pool)
+        queue = await channel.declare_queue(
+            topo.high_queue(pool), durable=True, arguments=topo.high_queue_arguments(pool)
+        )
+    await queue.bind(declared.high_tasks, routing_key=topo.task_routing_key(pool))
+    return queue
+
+
+async def declare_delay(
+    channel: AbstractChannel, topo: Topology, pool: str, delay_ms: int, priority: str | None = None
+) -> str:
     """Declare (again: that keeps it from expiring) a pool's delay queue; its name."""
-    name = topo.delay_queue(pool, delay_ms)
+    name = topo.delay_queue(pool, delay_ms, priority)
     await channel.declare_queue(
-        name, durable=True, arguments=topo.delay_queue_arguments(pool, delay_ms)
+        name, durable=True, arguments=topo.delay_queue_arguments(pool, delay_ms, priority)
     )
     return name

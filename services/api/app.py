@@ -13,6 +13,7 @@ from services.api import dlq, errors, hand_read, health
 from services.api.auth import KeyRing
 from services.api.bodies import BodySizeLimit, JsonContentType
 from services.api.broker import BrokerLink
+from services.api.cancels import Cancels
 from services.api.deps import Services
 from services.api.limits import PROGRESS_BURST, PROGRESS_RATE, Limiter
 from services.api.metrics import AnswerCounter
@@ -63,6 +64,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             broker=broker,
             reader=Reader(engine),
             send_keys=SendKeys(engine),
+            cancels=Cancels(engine),
             ids=TaskIds(derive_secret(secret)),
         )
         try:

@@ -16,7 +16,13 @@ from shared.errors import BrokerUnavailable, BusError
 from shared.parking import ParkingLots
 from shared.schemas import Event, TaskMessage
 from shared.settings import ApiSettings
-from shared.topology import Declared, Topology, declare_core, declare_pool
+from shared.topology import (
+    Declared,
+    Topology,
+    declare_core,
+    declare_high,
+    declare_pool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,8 @@ class BrokerLink:
         self._channel: AbstractChannel | None = None
         self._declared: Declared | None = None
         self._pools: set[str] = set()
+        #: Pools whose queue of high tasks this API declared.
+        self._high_pools: set[str] = set()
         self._pool_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -99,25 +107,29 @@ class BrokerLink:
             raise BrokerUnavailable("RabbitMQ is unreachable")
         return self._declared
 
-    async def _ensure_pool(self, pool: str) -> None:
-        if pool in self._pools:
+    async def _ensure_pool(self, pool: str, priority: str | None = None) -> None:
+        declared_here = self._high_pools if priority == "high" else self._pools
+        if pool in declared_here:
             return
         async with self._pool_lock:
-            if pool in self._pools:
+            if pool in declared_here:
                 return
             declared = self._require()
             assert self._channel is not None
             with amqp.broker_errors("RabbitMQ did not declare the pool's queue in time"):
                 async with asyncio.timeout(self.settings.publish_timeout):
-                    await declare_pool(self._channel, self.topo, declared, pool)
-            self._pools.add(pool)
+                    if priority == "high":
+                        await declare_high(self._channel, self.topo, declared, pool)
+                    else:
+                        await declare_pool(self._channel, self.topo, declared, pool)
+            declared_here.add(pool)
 
     async def publish_task(self, task: TaskMessage, attempt: int = 1) -> None:
         """Publish a task to its pool (declared first, so it is never confirmed and dropped)."""
-        await self._ensure_pool(task.to)
+        await self._ensure_pool(task.to, task.priority)
         started = time.perf_counter()
         await amqp.publish(
-            self._require().tasks,
+            self._require().tasks_of(task.priority),
             self.topo.task_routing_key(task.to),
             task,
             task.task_id,

@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Request
 
 from services.api.auth import KeyRing, Principal
 from services.api.broker import BrokerLink
+from services.api.cancels import Cancels
 from services.api.errors import UNAUTHORIZED, ApiError
 from services.api.limits import Limiter
 from services.api.send_keys import SendKeys
@@ -32,6 +33,7 @@ class Services:
     broker: BrokerLink
     reader: Reader
     send_keys: SendKeys
+    cancels: Cancels
     ids: TaskIds
 
 

@@ -40,11 +40,13 @@ from shared.schemas import (
     CallbackRequest,
     CallbackResponse,
     CancelResponse,
+    CancelsResponse,
     ErrorResponse,
     Event,
     LogsResponse,
     Ok,
     ProgressRequest,
+    RequestTimestamp,
     SendRequest,
     SendResponse,
     TaskMessage,
@@ -60,10 +62,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
 _SEND_FIELDS = {
-    "from_", "to", "type", "cmd", "payload", "text", "conversation_id", "timeout_s", "deadline"
+    "from_", "to", "type", "cmd", "payload", "text", "conversation_id", "timeout_s", "deadline",
+    "priority",
 }  # fmt: skip
 #: Send fields added after idempotent sends were (the body's hash leaves them out when unset).
-_LATER_FIELDS = ("timeout_s", "deadline", "ttl_s")
+_LATER_FIELDS = ("timeout_s", "deadline", "ttl_s", "priority")
 JSON = "application/json"
 FilterText = Annotated[str | None, Field(max_length=128)]
 #: Log entry ids are 64-bit (BIGINT, SQLite's INTEGER): a larger `after` the database refuses.
@@ -297,6 +300,7 @@ async def task_record(task_id: TaskIdPath, services: ServicesDep) -> TaskRespons
         updated_at=row["updated_at"],
         completed_at=row["completed_at"],
         deadline=row["deadline"],
+        priority=row["priority"],
         progress=row["progress"],
         progress_note=row["progress_note"],
         lease_until=row["lease_until"],
@@ -319,16 +323,30 @@ async def cancel(task_id: TaskIdPath, services: ServicesDep, principal: CancelKe
             raise ApiError(403, "Forbidden: only the task's sender or an admin may cancel it")
         if state in FINAL_STATES and state != "canceled":
             raise ApiError(409, f"task already {state}")
+    now = utcnow()
+    # Recorded first: a child that (re)connects reads it there, whether or not it heard it.
+    await services.cancels.record(task_id, principal.name, now)
     event = Event(
         event_id=cancel_event_id(task_id),
         event="cancel",
-        ts=utcnow(),
+        ts=now,
         task_id=task_id,
         conversation_id=row["conversation_id"] if row is not None else None,
         canceled_by=principal.name,
     )
     await services.broker.publish_event(event)
     return _answer(CancelResponse(task_id=task_id))
+
+
+@router.get("/cancels", response_model=CancelsResponse, responses=_ERRORS)
+async def cancels(
+    services: ServicesDep,
+    _: CallbackKey,
+    since: Annotated[RequestTimestamp, Query(description="RFC 3339; a child reads 7 days back")],
+) -> Response:
+    """The ids of the tasks canceled since `since`: what a child reads when it (re)connects."""
+    task_ids = await services.cancels.since(since)
+    return _answer(CancelsResponse(task_ids=task_ids))
 
 
 def _may_cancel(principal: Principal, sender: str | None) -> bool:

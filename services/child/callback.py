@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import Literal
 
 import aiohttp
 
 from shared.backoff import Backoff, retry
-from shared.contract import API_KEY_HEADER, CALLBACK_PATH, FIRST_CALLBACK_HEADER, TASKS_PATH
+from shared.contract import (
+    API_KEY_HEADER,
+    CALLBACK_PATH,
+    CANCELS_PATH,
+    FIRST_CALLBACK_HEADER,
+    TASKS_PATH,
+)
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
 from shared.ids import utcnow
-from shared.schemas import CallbackRequest, CallbackResponse, TaskResponse
+from shared.schemas import CallbackRequest, CallbackResponse, CancelsResponse, TaskResponse
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +97,27 @@ class CallbackClient:
         if record.task_status == "processing" and until is not None and until > utcnow():
             return "leased"
         return None
+
+    async def read_cancels(self, since: datetime) -> list[str]:
+        """The ids of the tasks canceled since `since`, as the API recorded them; raises
+        CallbackFailed when the API does not answer them."""
+        url = f"{self.api}{CANCELS_PATH}"
+        params = {"since": since.isoformat().replace("+00:00", "Z")}
+        try:
+            async with self._get_session().get(
+                url, params=params, headers=self._headers, timeout=self._timeout
+            ) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise CallbackFailed(
+                        f"cancels not read: HTTP {response.status}: {body[:200]!r}"
+                    )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CallbackFailed(f"cancels not read: {exc!r}") from exc
+        try:
+            return CancelsResponse.model_validate_json(body).task_ids
+        except ValueError as exc:
+            raise CallbackFailed(f"cancels not read: {exc}") from exc
 
     def delays(self) -> list[float]:
         """Seconds to wait after each failed attempt, before jitter: backoff, twice that, ...

@@ -1,120 +1,155 @@
-"""The cancels a child honours, read from the namespace's control stream (`{ns}.control`).
+"""The cancels a child honours: those the API recorded, and those it hears live.
 
-Every `cancel` event is routed to the stream as well as to the tracker. A child reads the stream
-from its start (it keeps CONTROL_MAX_AGE_DAYS), so it knows every cancel of a task that may
-still be queued, even one sent before the child started or while it was cut off from the
-broker. It starts no task before it has read the stream up to a marker it published itself
-after its last (re)connection: everything confirmed before the marker was read by then (a
-stream keeps the order in which it confirmed). A task older than the stream's memory is looked
-up at the API instead (`may_be_forgotten`).
+The API records a cancel in its database before it publishes the `cancel` event (and answers
+200 only after both). After every (re)connection to the broker, a child first binds a queue of
+its own to the `cancel` events, then reads the recorded cancels of the last CONTROL_MAX_AGE_DAYS
+from the API (GET /api/relay/cancels): every cancel answered 200 before the read is in the
+list, and every one after it arrives on the queue. Until both are in place (`ready`) the child
+starts no task, so a child that starts late, or was cut off from the broker when a cancel was
+sent, never starts a canceled task. A task older than the list is looked up at the API instead
+(`may_be_forgotten`).
+
+Why not a RabbitMQ stream that every child reads from its start: on RabbitMQ 3.10 a stream on a
+node that crashed does not come back ("home node … is down or inaccessible"), and no task would
+start again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-)
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 from pydantic import ValidationError
 
-from shared import amqp
-from shared.errors import BusError
-from shared.ids import new_event_id, utcnow
+from shared.backoff import Backoff, retry
+from shared.errors import BusError, CallbackFailed
+from shared.ids import new_run_id, utcnow
 from shared.schemas import Event
-from shared.topology import CONTROL_MAX_AGE_DAYS, Topology
+from shared.topology import CONTROL_MAX_AGE_DAYS, Topology, declare_control
 
 log = logging.getLogger(__name__)
 
-#: Stream messages the child holds unacked at once (a stream needs a prefetch).
-_PREFETCH = 1000
-_MARKER = "marker"
-#: A task older than this may have been cancelled before the oldest cancel the stream keeps.
+#: Cancel events the child holds unacked at once on its queue.
+_PREFETCH = 100
+#: A task older than this may have been canceled before the oldest cancel the child read.
 _REMEMBERED = timedelta(days=CONTROL_MAX_AGE_DAYS) - timedelta(hours=1)
+_FOLLOW_BACKOFF = Backoff(first=0.5, factor=2.0, cap=10.0)
+#: One try at following the cancels (a broker or an API that does not answer, say).
+_FOLLOW_TIMEOUT = 15.0
+_FOLLOW_ERRORS = (
+    BusError, CallbackFailed, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError, OSError
+)  # fmt: skip
+
+#: Reads the ids of the tasks canceled since a moment (the API's list; CallbackClient).
+ReadCancels = Callable[[datetime], Awaitable[list[str]]]
 
 
 class CancelFeed:
     """The task ids cancelled on the bus, and whether they are known up to now (`ready`)."""
 
-    def __init__(self, topo: Topology, on_cancel: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        topo: Topology,
+        child_id: str,
+        read_cancels: ReadCancels,
+        on_cancel: Callable[[str], None],
+    ) -> None:
         self.topo = topo
+        self.child_id = child_id
+        self.read_cancels = read_cancels
         self.on_cancel = on_cancel
         self.canceled: set[str] = set()
-        #: Set once the stream was read up to this child's last marker.
+        #: Set once the recorded cancels are read and the live ones are heard.
         self.ready = asyncio.Event()
-        self._marker: str | None = None
+        self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
-        self._publisher: AbstractChannel | None = None
+        self._following: asyncio.Task[None] | None = None
 
-    async def start(self, connection: AbstractRobustConnection, publisher: AbstractChannel) -> None:
-        """Read the stream from its start; publish the first marker."""
-        self._publisher = publisher
-        channel = self._channel = await connection.channel()
-        await channel.set_qos(prefetch_count=_PREFETCH)
-        stream = await channel.declare_queue(
-            self.topo.control_stream, durable=True, arguments=self.topo.control_stream_arguments()
-        )
-        # A robust channel consumes again after a reconnection, with these arguments: the whole
-        # stream again, then the marker published below (the set keeps each id once).
-        await stream.consume(self._on_message, arguments={"x-stream-offset": "first"})
+    def start(self, connection: AbstractRobustConnection) -> None:
+        """Follow the cancels, in the background (`ready` once in place)."""
+        self._connection = connection
+        # Cleared as soon as the connection is lost, before aio-pika restores the pool's consumer
+        # (it does so before it calls the reconnect callbacks): no start until followed again.
+        connection.close_callbacks.add(self._lost)
         connection.reconnect_callbacks.add(self._reconnected)
-        await self._mark()
+        self._follow()
 
     def may_be_forgotten(self, created_at: datetime) -> bool:
-        """Whether a task this old may have had its cancel dropped from the stream."""
+        """Whether a task this old may have had its cancel left out of the list read."""
         return created_at < utcnow() - _REMEMBERED
 
-    async def _reconnected(self, *_: Any) -> None:
-        # Cancels sent while the connection was down are read again before any task starts.
+    def _lost(self, *_: Any) -> None:
         self.ready.clear()
-        try:
-            await self._mark()
-        except BusError as exc:  # the next reconnection marks again
-            log.warning("control stream marker not published after reconnecting: %s", exc)
 
-    async def _mark(self) -> None:
-        marker = self._marker = new_event_id()
-        assert self._publisher is not None
-        await amqp.publish(
-            self._publisher.default_exchange,
-            self.topo.control_stream,
-            marker.encode(),
-            marker,
-            timeout=10,
-            message_type=_MARKER,
-        )
+    async def _reconnected(self, *_: Any) -> None:
+        self.ready.clear()
+        self._follow()
+
+    def _follow(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+        self._following = asyncio.create_task(self._follow_until_ready())
+
+    async def _follow_until_ready(self) -> None:
+        await retry(
+            lambda _: self._follow_once(), _FOLLOW_ERRORS, _FOLLOW_BACKOFF, log=log,
+            what="cancels not followed (no task starts until they are)",
+        )  # fmt: skip
+        log.info("cancels followed: %d known", len(self.canceled))
+        self.ready.set()
+
+    async def _follow_once(self) -> None:
+        """Hear the live cancels on a queue of the child's own, then read the recorded ones.
+
+        Not left to aio-pika's restore (robust=False): an exclusive queue is declared anew after
+        each reconnection, and what was sent meanwhile comes from the API's list.
+        """
+        assert self._connection is not None
+        old, self._channel = self._channel, None
+        if old is not None and not old.is_closed:
+            with contextlib.suppress(Exception):
+                await old.close()
+        async with asyncio.timeout(_FOLLOW_TIMEOUT):
+            channel = await self._connection.channel()
+            try:
+                await channel.set_qos(prefetch_count=_PREFETCH)
+                queue = await declare_control(channel, self.topo, self.child_id, new_run_id())
+                await queue.consume(self._on_message, robust=False)
+                since = utcnow() - timedelta(days=CONTROL_MAX_AGE_DAYS)
+                for task_id in await self.read_cancels(since):
+                    self._take(task_id)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                raise
+        self._channel = channel
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        if message.type == _MARKER:
-            if message.body.decode(errors="replace") == self._marker:
-                if not self.ready.is_set():
-                    log.info("cancels read up to now: %d known", len(self.canceled))
-                self.ready.set()
+        try:
+            event = Event.model_validate_json(message.body)
+        except ValidationError:
+            log.warning("ignoring a message among the cancels that is not an event")
         else:
-            try:
-                event = Event.model_validate_json(message.body)
-            except ValidationError:
-                log.warning("ignoring a message on the control stream that is not an event")
-            else:
-                self._take(event)
+            if event.event == "cancel" and event.task_id is not None:
+                self._take(event.task_id)
         await message.ack()
 
-    def _take(self, event: Event) -> None:
-        task_id = event.task_id
-        if event.event == "cancel" and task_id is not None and task_id not in self.canceled:
+    def _take(self, task_id: str) -> None:
+        if task_id not in self.canceled:
             self.canceled.add(task_id)
             self.on_cancel(task_id)
 
     async def close(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
         if self._channel is not None and not self._channel.is_closed:
             try:
                 await self._channel.close()
             except Exception as exc:  # closing anyway: the connection goes next
-                log.debug("control stream channel not closed cleanly: %r", exc)
+                log.debug("cancels channel not closed cleanly: %r", exc)

@@ -36,6 +36,8 @@ class Run:
     processing_published: bool = False
     #: The run's delivery was acked: the tracker's lease answers for the task (worker._hold).
     leased: bool = False
+    #: The hand-over from the delivery to the lease, once begun (worker._hand_over).
+    handover: asyncio.Task[None] | None = None
 
     def fields(self) -> dict[str, Any]:
         """What the callback says of the run."""
@@ -220,6 +222,7 @@ class RunReports:
         self._progress: float | None = None
         self._note: str | None = None
         self._publisher: asyncio.Task[None] | None = None
+        self._closed = False
 
     def report(self, progress: float | None, note: str | None) -> None:
         """Take the handler's latest progress; returns at once."""
@@ -233,6 +236,8 @@ class RunReports:
             self._loop.call_soon_threadsafe(self._take, progress, note)
 
     def _take(self, progress: float | None, note: str | None) -> None:
+        if self._closed:  # an abandoned sync handler still reporting: its run is over
+            return
         if progress is not None:
             self._progress = progress
         if note is not None:
@@ -241,12 +246,14 @@ class RunReports:
         self._start()
 
     def lease(self, lease_s: float) -> None:
-        """The run holds a lease from now: heartbeats renew it."""
+        """The run holds a lease from now: heartbeats renew it, the first at once (a publisher
+        already waiting for a report wakes up and waits a quarter of the lease at most)."""
         self.lease_s = lease_s
+        self._changed.set()
         self._start()
 
     def _start(self) -> None:
-        if self._publisher is None:
+        if self._publisher is None and not self._closed:
             self._publisher = asyncio.create_task(self._publish_reports())
 
     async def _publish_reports(self) -> None:
@@ -272,10 +279,14 @@ class RunReports:
                     lease_s=self.lease_s,
                 )
             )
-            await asyncio.sleep(self.every)  # a chatty handler's reports wait, the latest wins
+            # A chatty handler's reports wait, the latest wins; a heartbeat does not wait longer
+            # than a quarter of the lease.
+            pause = self.every if self.lease_s is None else min(self.every, self.lease_s / 4)
+            await asyncio.sleep(pause)
 
     async def close(self) -> None:
         """The run ended: no more reports (its outcome follows)."""
+        self._closed = True
         if self._publisher is not None:
             self._publisher.cancel()
             await asyncio.wait({self._publisher})

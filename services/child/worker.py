@@ -38,7 +38,14 @@ from shared.ops import OpsServer
 from shared.retry import RetryPolicy
 from shared.schemas import CallbackRequest, TaskMessage
 from shared.settings import ChildSettings
-from shared.topology import Declared, Topology, declare_core, declare_delay, declare_pool
+from shared.topology import (
+    Declared,
+    Topology,
+    declare_core,
+    declare_delay,
+    declare_high,
+    declare_pool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +134,11 @@ class Worker:
         self.stop = asyncio.Event()
         #: Handlers running at once, async or sync; `threads` runs the sync ones.
         self._handler_slots = asyncio.Semaphore(settings.concurrency)
-        self.threads = HandlerThreads(settings.concurrency, name=f"handler-{pool}")
+        #: The slots of high tasks: their own, so a high task never waits for a normal one.
+        self._high_slots = asyncio.Semaphore(settings.high_slots)
+        self.threads = HandlerThreads(
+            settings.concurrency + settings.high_slots, name=f"handler-{pool}"
+        )
         self._in_flight: set[asyncio.Task[None]] = set()
         #: Task id → set when its handler's run here ended (see _run_task).
         self._running: dict[str, asyncio.Event] = {}
@@ -135,7 +146,9 @@ class Worker:
         self._leases: dict[str, RunReports] = {}
         #: Task id → its handler running here (a cancel cancels it).
         self._handlers: dict[str, asyncio.Future[object]] = {}
-        self.cancels = CancelFeed(self.topo, self._cancel_running)
+        self.cancels = CancelFeed(
+            self.topo, self.child_id, self.callback.read_cancels, self._cancel_running
+        )
         self._publisher: AbstractChannel | None = None
         self._declared: Declared | None = None
         self._events: RunEvents | None = None
@@ -205,24 +218,34 @@ class Worker:
             timeout=self.settings.callback_timeout,
             processing_after=self.settings.processing_after,
         )
-        await self.cancels.start(connection, self._publisher)
+        self.cancels.start(connection)
         consumer = await connection.channel()
         await consumer.set_qos(prefetch_count=self.settings.prefetch)
         queue = await declare_pool(
             consumer, self.topo, await declare_core(consumer, self.topo), self.pool
         )
-        tag = await queue.consume(self._on_message)
+        # High tasks on a channel of their own: its prefetch is not taken by the pool's backlog.
+        urgent = await connection.channel()
+        await urgent.set_qos(prefetch_count=self.settings.high_slots)
+        high = await declare_high(
+            urgent, self.topo, await declare_core(urgent, self.topo), self.pool
+        )
+        tags = [(high, await high.consume(self._on_message)),
+                (queue, await queue.consume(self._on_message))]  # fmt: skip
         self._consuming = True
         log.info(
-            "child %s consuming %s (%d handlers at once, prefetch %d)",
+            "child %s consuming %s (%d handlers at once, prefetch %d) and %s (%d more)",
             self.child_id,
             queue.name,
             self.settings.concurrency,
             self.settings.prefetch,
+            high.name,
+            self.settings.high_slots,
         )
         await self.stop.wait()
         self._consuming = False
-        await queue.cancel(tag)  # no new deliveries; unacked ones return to the queue on close
+        for consumed, tag in tags:  # no new deliveries; unacked ones return to the queue on close
+            await consumed.cancel(tag)
         if self._in_flight:
             log.info(
                 "waiting up to %.0f s for %d tasks",
@@ -327,7 +350,9 @@ class Worker:
         except CallbackFailed as exc:
             self._callback_failures.inc()
             await self._run_events().processing_of(task, outcome)
-            return await self._retry_or_park(message, task, attempt, policy, _Retry(str(exc)))
+            again = _Retry(str(exc))
+            again.leased = task.task_id in self._leases  # its retry event ends the lease
+            return await self._retry_or_park(message, task, attempt, policy, again)
         finally:
             self._callback_seconds.observe(time.perf_counter() - started)
         self.done += 1
@@ -353,7 +378,8 @@ class Worker:
         """Run the handler once one of the concurrency's slots is free: its outcome with the
         run's fields, the retry it asks for, _Expired past the task's deadline or _Canceled
         (not run, or cancelled while it ran), or None when the child began stopping first."""
-        if not await self._take_a_slot():
+        slots = self._high_slots if task.priority == "high" else self._handler_slots
+        if not await self._take_a_slot(slots):
             return None
         try:
             if not self.cancels.ready.is_set():
@@ -385,7 +411,7 @@ class Worker:
             await events.end(pending, task, run, publish=False)
             return outcome.model_copy(update=run.fields())
         finally:
-            self._handler_slots.release()
+            slots.release()
 
     async def _hold(
         self, message: AbstractIncomingMessage, task: TaskMessage, run: Run, reports: RunReports
@@ -398,6 +424,15 @@ class Worker:
         Should this child die, the tracker finds the lease expired and sends the task again.
         """
         await asyncio.sleep(self.settings.hold_delivery)
+        # The hand-over is not cancelled half-way when the handler ends meanwhile (_end_hold
+        # waits for it): a lease confirmed but not renewed, or an ack sent but not recorded as
+        # sent (then acked twice, which closes the channel), would each run the task twice.
+        run.handover = asyncio.ensure_future(self._hand_over(message, task, run, reports))
+        await asyncio.shield(run.handover)
+
+    async def _hand_over(
+        self, message: AbstractIncomingMessage, task: TaskMessage, run: Run, reports: RunReports
+    ) -> None:
         replays = (message.headers or {}).get(amqp.REPLAYS_HEADER, 0)
         lease_s = self.settings.lease
         await retry(
@@ -433,21 +468,23 @@ class Worker:
         task is settled (_run_task), since the callback may take a while; whether it is leased."""
         hold.cancel()
         await asyncio.wait({hold})
+        if run.handover is not None:
+            await asyncio.wait({run.handover})
         if run.leased:
             self._leases[reports.task.task_id] = reports
         else:
             await reports.close()
         return run.leased
 
-    async def _take_a_slot(self) -> bool:
+    async def _take_a_slot(self, slots: asyncio.Semaphore) -> bool:
         """Wait for a free handler slot; False (and none taken) once the child is stopping, at
         once, so the deliveries still waiting go back to the queue for other children."""
         if self.stop.is_set():
             return False
-        if not self._handler_slots.locked():
-            await self._handler_slots.acquire()
+        if not slots.locked():
+            await slots.acquire()
             return True
-        slot = asyncio.ensure_future(self._handler_slots.acquire())
+        slot = asyncio.ensure_future(slots.acquire())
         stopping = asyncio.ensure_future(self.stop.wait())
         try:
             await asyncio.wait({slot, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -456,7 +493,7 @@ class Worker:
             slot.cancel()  # no effect once it has the slot
             got = slot.done() and not slot.cancelled()
             if got and self.stop.is_set():  # or cancelled here: the slot is not kept
-                self._handler_slots.release()
+                slots.release()
                 got = False
         return got
 
@@ -592,7 +629,9 @@ class Worker:
         assert self._publisher is not None
         with amqp.broker_errors("RabbitMQ did not declare the delay queue in time"):
             async with asyncio.timeout(self.settings.callback_timeout):
-                queue = await declare_delay(self._publisher, self.topo, self.pool, delay_ms)
+                queue = await declare_delay(
+                    self._publisher, self.topo, self.pool, delay_ms, task.priority
+                )
         await amqp.publish(
             self._publisher.default_exchange,
             queue,

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.batching import early_batches
 from services.tracker.lifecycle import Entry
-from services.tracker.overdue import OverdueSweep
+from services.tracker.overdue import OverdueSweep, is_marker
 from services.tracker.pruning import pruning
 from services.tracker.queue_stats import QueueWatch
 from services.tracker.store import BadBatch, Store
@@ -39,7 +39,7 @@ def parse(message: DeliveredMessage, topo: Topology) -> list[Entry]:
 
     One, except a callback naming its run: the run's `processing` entry comes first.
     """
-    if message.exchange == topo.tasks_exchange:
+    if message.exchange in (topo.tasks_exchange, topo.high_tasks_exchange):
         return [Entry.from_task(TaskMessage.model_validate_json(message.body))]
     if message.exchange == topo.dead_exchange:
         return [Entry.from_event(parked_event(message))]
@@ -189,9 +189,11 @@ class Tracker:
                 if batch:
                     stats.saw(batch)
                     await self._record(store, batch)
+                    if (caught_up_at := overdue.saw(batch)) is not None:
+                        # Between batches: the sweep's writes never race this tracker's own.
+                        await overdue.sweep(caught_up_at)
                 if loop.time() >= next_sweep:
-                    # Between batches: the sweep's writes never race this tracker's own.
-                    await overdue.sweep(inbox_empty=self._inbox.empty())
+                    await overdue.mark()
                     next_sweep = loop.time() + self.settings.lease_sweep_every
         finally:
             await overdue.close()
@@ -256,6 +258,9 @@ class Tracker:
         metrics.TRACKER_BATCH.observe(len(batch))
         entries: list[tuple[DeliveredMessage, list[Entry]]] = []
         for message in batch:
+            if is_marker(message):
+                entries.append((message, []))  # acked with the batch; OverdueSweep.saw reads it
+                continue
             try:
                 entries.append((message, parse(message, self.topo)))
             except ValidationError as exc:

@@ -114,6 +114,7 @@ class TaskRow:
     next_attempt_at: datetime | None = None
     completed_at: datetime | None = None
     deadline: datetime | None = None
+    priority: str | None = None
     lease_until: datetime | None = None
     progress: float | None = None
     progress_note: str | None = None
@@ -146,6 +147,7 @@ def _send_fields(task: TaskMessage) -> dict[str, Any]:
         "text": task.text,
         "conversation_id": task.conversation_id,
         "deadline": task.deadline,
+        "priority": task.priority,
         "created_at": task.created_at,
         "send_seen": True,
     }
@@ -188,11 +190,15 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
             progress=None,
             progress_note=None,
         )
+    # A progress report that names no attempt (a foreign child's, over HTTP) is not dropped
+    # for it: it concerns the attempt under way.
+    reports = source.event == "progress"
     attempts = max(row.attempts, source.attempt or 0)
     if row.final:
         # The count of attempts still takes news of one that raced behind the completion.
         return _with(row, attempts=attempts) if attempts != row.attempts else row
-    attempt = source.attempt or 0
+    attempt = source.attempt if source.attempt is not None or not reports else row.attempts
+    attempt = attempt or 0
     if source.event in _OF_AN_ATTEMPT and attempt < row.attempts:
         return _with(row, updated_at=updated)  # news of an earlier attempt, overtaken
     # What each event sets, besides its time and the count of attempts.

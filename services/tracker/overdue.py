@@ -12,9 +12,11 @@ A task still `pending` or `retrying` EXPIRY_GRACE past its deadline ends `expire
 would not start it now (it checks the deadline itself, with the same event id, so the log keeps
 one entry); the grace covers a child's clock running behind.
 
-Only a tracker that is caught up sweeps, and only what was overdue before the moment it was: a
-heartbeat, or the `processing` of a task started in time, still waiting in its queue must not
-count as a silence.
+A tracker sweeps only what was overdue at a moment up to which it has recorded every event: it
+sends a marker through its own queue every RELAY_LEASE_SWEEP_EVERY, and sweeps once it has
+committed the batch that holds it, for the moment it sent it. A heartbeat, or the `processing`
+of a task started in time, still waiting in its queue must not count as a silence. A standby
+tracker (the queue has a single active consumer) never reads its own marker: it never sweeps.
 
 Publish first, record second: a tracker that dies between the two sends the task once more on
 its next sweep, which a child may run a second time (never zero times).
@@ -23,11 +25,12 @@ its next sweep, which a child may run a second time (never zero times).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-import aiormq
-from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,7 +39,6 @@ from services.tracker.lifecycle import Entry
 from services.tracker.store import Store
 from shared import amqp, metrics
 from shared.db import connection
-from shared.errors import BusError, DatabaseUnavailable
 from shared.ids import expired_event_id, lease_expired_event_id, new_event_id, utcnow
 from shared.models import LogEntry, Task
 from shared.schemas import Event, TaskMessage
@@ -48,6 +50,10 @@ _TASKS = Task.__table__  # type: ignore[attr-defined]
 _LOG = LogEntry.__table__  # type: ignore[attr-defined]
 #: A task whose leases expired this many times is parked (its handler may kill its child).
 MAX_LEASE_EXPIRIES = 5
+#: The `type` of the tracker's markers (services/tracker/consumer.py records nothing of them).
+MARKER_TYPE = "tracker-marker"
+#: A marker not back after this long is taken for lost (the tracker's queue was purged, say).
+_MARKER_LOST = timedelta(minutes=1)
 #: Leases, and tasks past their deadline, settled in one sweep at most (each).
 _PER_SWEEP = 100
 #: A task is expired by the tracker this long after its deadline (children's clocks may lag).
@@ -67,31 +73,59 @@ class OverdueSweep:
         self.store = Store(engine)
         self._publisher: AbstractChannel | None = None
         self._declared: Declared | None = None
-        self._watch: AbstractRobustChannel | None = None
+        #: The marker on its way through the tracker's queue, and when it was sent.
+        self._marker: tuple[str, datetime] | None = None
 
-    async def sweep(self, *, inbox_empty: bool) -> int:
-        """Settle what is overdue, if the tracker is caught up; how many were."""
+    async def mark(self) -> None:
+        """Send a marker through the tracker's queue, unless one is on its way: when the
+        tracker reads it back, it has read everything sent before it (`saw`)."""
+        now = utcnow()
+        if self._marker is not None and now - self._marker[1] < _MARKER_LOST:
+            return
+        marker = new_event_id()
         try:
-            now = utcnow()
-            leases = await self._expired(now)
-            late = await self._past_deadline(now - EXPIRY_GRACE)
-            if not (leases or late) or not inbox_empty:
-                return 0
-            caught_up_at = utcnow()
-            if not await self._queue_empty():
-                return 0
+            declared = await self._channel()
+            assert self._publisher is not None
+            await amqp.publish(
+                self._publisher.default_exchange,
+                declared.tracker.name,
+                marker.encode(),
+                marker,
+                timeout=10,
+                message_type=MARKER_TYPE,
+            )
+        except Exception as exc:  # only the sweep waits: the next tick tries again
+            log.warning("tracker marker not sent: %r", exc)
+            return
+        self._marker = (marker, now)
+
+    def saw(self, batch: Iterable[DeliveredMessage]) -> datetime | None:
+        """When our marker was sent, if this batch (committed) holds it: the tracker has
+        recorded everything sent before then."""
+        if self._marker is None:
+            return None
+        marker, sent_at = self._marker
+        for message in batch:
+            if is_marker(message) and message.body == marker.encode():
+                self._marker = None
+                return sent_at
+        return None
+
+    async def sweep(self, caught_up_at: datetime) -> int:
+        """Settle what was overdue at `caught_up_at`, a moment up to which the tracker has
+        recorded every event; how many were."""
+        try:
             count = 0
-            for row in leases:
-                if row["lease_until"] < caught_up_at:
-                    await self._settle(row)
-                    count += 1
-            ended = [_expiry(row) for row in late if row["deadline"] < caught_up_at - EXPIRY_GRACE]
+            for row in await self._expired(caught_up_at):
+                await self._settle(row)
+                count += 1
+            ended = [_expiry(row) for row in await self._past_deadline(caught_up_at - EXPIRY_GRACE)]
             if ended:
                 await self.store.write(ended)
                 metrics.TRACKER_EXPIRED.inc(len(ended))
                 log.info("%d tasks expired: not started by their deadline", len(ended))
             return count + len(ended)
-        except (BusError, DatabaseUnavailable, aiormq.exceptions.AMQPError, OSError) as exc:
+        except Exception as exc:  # a failed sweep must not stop the tracker
             log.warning("sweep of overdue tasks failed, trying again later: %r", exc)
             return 0
 
@@ -114,20 +148,6 @@ class OverdueSweep:
         )
         async with connection(self.engine) as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
-
-    async def _queue_empty(self) -> bool:
-        """Whether no message waits in the tracker's queue (none delivered and unread either:
-        the caller saw its inbox empty)."""
-        if self._watch is None or self._watch.is_closed:
-            self._watch = await self.connection.channel()
-        try:
-            declared = await self._watch.declare_queue(
-                self.topo.tracker_queue, passive=True, robust=False
-            )
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            self._watch = None
-            return False
-        return declared.declaration_result.message_count == 0
 
     async def _settle(self, row: dict[str, Any]) -> None:
         task_id, attempt = row["task_id"], row["attempts"]
@@ -162,7 +182,7 @@ class OverdueSweep:
         else:
             log.warning("task %s: %s; sending it again (attempt %d)", task_id, silent, attempt + 1)
             await amqp.publish(
-                declared.tasks,
+                declared.tasks_of(task.priority),
                 self.topo.task_routing_key(task.to),
                 task,
                 task_id,
@@ -224,7 +244,7 @@ class OverdueSweep:
         return self._declared
 
     async def close(self) -> None:
-        for channel in (self._publisher, self._watch):
+        for channel in (self._publisher,):
             if channel is not None and not channel.is_closed:
                 try:
                     await channel.close()
@@ -245,3 +265,8 @@ def _expiry(row: dict[str, Any]) -> Entry:
             error=f"not started by its deadline {deadline}",
         )
     )
+
+
+def is_marker(message: DeliveredMessage) -> bool:
+    """Whether a message on the tracker's queue is a tracker's marker, not a task or event."""
+    return message.exchange == "" and message.header.properties.message_type == MARKER_TYPE

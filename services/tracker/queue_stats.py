@@ -46,7 +46,8 @@ class QueueWatch:
             if len(self.pools) >= MAX_POOLS:
                 return
             key = message.routing_key
-            if message.exchange == self.topo.tasks_exchange and key and self.topo.is_pool_name(key):
+            sent = message.exchange in (self.topo.tasks_exchange, self.topo.high_tasks_exchange)
+            if sent and key and self.topo.is_pool_name(key):
                 self.pools.add(key)
 
     @contextlib.asynccontextmanager

@@ -111,7 +111,7 @@ def test_overview_counts_what_waits_where(private_rabbit: PrivateRabbit) -> None
         tracker.basic_consume(topo.tracker_queue, lambda *_: None, auto_ack=False)
 
         env = {"RELAY_MANAGEMENT_URL": private_rabbit.management_url}
-        zero = {"ready": 0, "unacked": 0, "consumers": 0, "parked": 0, "retrying": 0}
+        zero = {"ready": 0, "unacked": 0, "consumers": 0, "parked": 0, "retrying": 0, "high": 0}
         settles_to(
             {
                 "namespace": ns.name,
@@ -123,6 +123,7 @@ def test_overview_counts_what_waits_where(private_rabbit: PrivateRabbit) -> None
                         "consumers": 1,
                         "parked": 1,
                         "retrying": 2,
+                        "high": 0,
                         "delays": [
                             {
                                 "queue": topo.delay_queue("child", DELAY_MS),
@@ -143,9 +144,9 @@ def test_overview_counts_what_waits_where(private_rabbit: PrivateRabbit) -> None
         table = run_overview(ns, **env)
         assert table.returncode == 0, table.stderr
         lines = table.stdout.splitlines()
-        assert ["child", "3", "2", "1", "1", "2"] in [line.split() for line in lines]
+        assert ["child", "3", "2", "1", "1", "2", "0"] in [line.split() for line in lines]
         assert "tracker: lag 5 (ready 4, unacked 1), consumers 1, parked 1" in lines
-        assert "control stream (cancels): 0 messages, read by 0 children" in lines
+        assert "cancels: followed by 0 children, 0 waiting" in lines
         assert neighbour.name not in table.stdout
 
         # The management URL may leave the credentials to RELAY_AMQP_URL; wrong ones are a 401.

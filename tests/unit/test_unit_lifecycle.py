@@ -487,3 +487,25 @@ def test_a_cancel_is_final_and_a_later_callback_changes_nothing() -> None:
         assert (late.state, late.result) == ("canceled", None)
     assert final_row([send(), callback(10), cancel]).state == "completed"
     assert final_row([send(), lease(600), cancel]).lease_until is None
+
+
+def test_a_progress_report_naming_no_attempt_concerns_the_attempt_under_way() -> None:
+    unnamed = Entry.from_event(
+        Event.model_validate(
+            {
+                "event_id": "e_p",
+                "event": "progress",
+                "ts": at(2),
+                "task_id": TASK_ID,
+                "progress": 0.3,
+            }
+        )
+    )
+    row = final_row([send(), processing(1, attempt=2), unnamed])
+    assert (row.progress, row.attempts) == (0.3, 2)
+
+
+def test_a_report_before_its_runs_processing_is_kept() -> None:
+    # A handler reports at once; its `processing` goes out after RELAY_PROCESSING_AFTER.
+    row = final_row([send(), progress(1, progress=0.2, note="begun"), processing(0.5)])
+    assert (row.state, row.progress, row.progress_note) == ("processing", 0.2, "begun")

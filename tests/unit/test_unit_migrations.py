@@ -39,7 +39,7 @@ def test_the_guard_sees_a_model_change(tmp_path: Path) -> None:
     changed = MetaData()
     for table in SQLModel.metadata.tables.values():
         table.to_metadata(changed)
-    changed.tables["tasks"].append_column(Column("priority", String(8)))
+    changed.tables["tasks"].append_column(Column("mood", String(8)))
     assert [d[0] for d in drift(url, changed)] == ["add_column"]
 
 

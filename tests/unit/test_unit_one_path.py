@@ -69,6 +69,7 @@ def bus_app() -> FastAPI:
         broker=cast(Any, Unreachable()),
         reader=cast(Any, Unreachable()),
         send_keys=cast(Any, Unreachable()),
+        cancels=cast(Any, Unreachable()),
         ids=cast(Any, Unreachable()),
     )
     return app

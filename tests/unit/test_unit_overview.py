@@ -172,8 +172,14 @@ SAMPLE = [
      "consumers": 0},
     # Declared a moment ago: RabbitMQ has not counted it yet.
     {"name": "ns1.pool.bazi.parked"},
-    {"name": "ns1.control", "messages": 12, "messages_ready": 12, "messages_unacknowledged": 0,
+    {"name": "ns1.high.child", "messages": 3, "messages_ready": 2, "messages_unacknowledged": 1,
      "consumers": 2},
+    {"name": "ns1.high.child.delay.1000", "messages": 1, "messages_ready": 1,
+     "messages_unacknowledged": 0, "consumers": 0},
+    {"name": "ns1.control.c1-r_a", "messages": 12, "messages_ready": 12,
+     "messages_unacknowledged": 0, "consumers": 1},
+    {"name": "ns1.control.c2-r_b", "messages": 0, "messages_ready": 0,
+     "messages_unacknowledged": 0, "consumers": 1},
     {"name": "ns2.pool.child", "messages": 99, "messages_ready": 99,
      "messages_unacknowledged": 0, "consumers": 9},
     {"name": "ns2.tracker", "messages": 50, "messages_ready": 50, "messages_unacknowledged": 0,
@@ -188,11 +194,13 @@ def test_build_overview_from_the_management_json() -> None:
         "vhost": "/",
         "pools": {
             "bazi": {"ready": 0, "unacked": 0, "consumers": 0, "parked": 0, "retrying": 0,
-                     "delays": []},
+                     "high": 0, "delays": []},
             "child": {
-                "ready": 10, "unacked": 3, "consumers": 2, "parked": 4, "retrying": 7,
+                "ready": 10, "unacked": 3, "consumers": 2, "parked": 4, "retrying": 8,
+                "high": 3,
                 "delays": [
                     {"queue": "ns1.pool.child.delay.1000", "delay_ms": 1000, "messages": 6},
+                    {"queue": "ns1.high.child.delay.1000", "delay_ms": 1000, "messages": 1},
                     {"queue": "ns1.pool.child.delay.16000", "delay_ms": 16000, "messages": 1},
                 ],
             },
@@ -235,12 +243,14 @@ def test_the_table_shows_every_number() -> None:
     lines = table.splitlines()
     assert lines[0] == "namespace ns1 (vhost /)"
     header = next(line for line in lines if line.startswith("pool"))
-    assert header.split() == ["pool", "ready", "unacked", "consumers", "parked", "retrying"]
+    assert header.split() == [
+        "pool", "ready", "unacked", "consumers", "parked", "retrying", "high"
+    ]  # fmt: skip
     assert next(line for line in lines if line.startswith("child")).split() == [
-        "child", "10", "3", "2", "4", "7"
+        "child", "10", "3", "2", "4", "8", "3"
     ]  # fmt: skip
     assert next(line for line in lines if line.startswith("bazi")).split() == [
-        "bazi", "0", "0", "0", "0", "0"
+        "bazi", "0", "0", "0", "0", "0", "0"
     ]  # fmt: skip
     # Columns line up: every number ends where its header ends.
     child = next(line for line in lines if line.startswith("child"))
@@ -314,7 +324,7 @@ async def test_fetch_pages_through_the_namespace_with_credentials(
     assert query["name"] == r"^ns1\." and query["use_regex"] == "true"
     assert "messages_ready" in query["columns"]
     overview = await fetch_overview(s)
-    assert overview.pools[1].pool == "child" and overview.pools[1].retrying == 7
+    assert overview.pools[1].pool == "child" and overview.pools[1].retrying == 8
 
 
 async def test_connection_refused_says_how_to_enable_the_plugin() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared.topology import DELIVERY_LIMIT, PARKED_DELIVERY_LIMIT, Topology
+from shared.topology import DELIVERY_LIMIT, PARKED_DELIVERY_LIMIT, QueueRole, Topology
 
 
 @pytest.fixture
@@ -160,22 +160,23 @@ def test_no_priority_argument_anywhere(topo: Topology) -> None:
 
 def test_names_lists_what_cleanup_deletes(topo: Topology) -> None:
     exchanges, queues = topo.names(["child", "child_bazi"])
-    assert exchanges == ["ns1.tasks", "ns1.events", "ns1.dead"]
+    assert exchanges == ["ns1.tasks", "ns1.events", "ns1.dead", "ns1.tasks.high"]
     assert queues == [
         "ns1.tracker",
         "ns1.tracker.parked",
-        "ns1.control",
         "ns1.pool.child",
         "ns1.pool.child.parked",
+        "ns1.high.child",
         "ns1.pool.child_bazi",
         "ns1.pool.child_bazi.parked",
+        "ns1.high.child_bazi",
     ]
 
 
 def test_names_without_pools_still_lists_the_core(topo: Topology) -> None:
     exchanges, queues = topo.names([])
-    assert len(exchanges) == 3
-    assert queues == ["ns1.tracker", "ns1.tracker.parked", "ns1.control"]
+    assert len(exchanges) == 4
+    assert queues == ["ns1.tracker", "ns1.tracker.parked"]
 
 
 def test_every_name_starts_with_the_namespace(topo: Topology) -> None:
@@ -204,3 +205,14 @@ def test_a_task_for_a_reserved_name_is_refused_at_the_api() -> None:
         SendRequest.model_validate({"from": "m", "to": "child.parked", "type": "task"})
     # A message to such a name is fine: it is no pool.
     SendRequest.model_validate({"from": "m", "to": "child.parked", "type": "message"})
+
+
+def test_a_pools_high_queue_and_its_delay_queues_are_told_apart(topo: Topology) -> None:
+    assert topo.high_queue("a.b") == "ns1.high.a.b"
+    assert topo.classify("ns1.high.a.b") == QueueRole("high", "a.b")
+    assert topo.delay_queue("a.b", 500, "high") == "ns1.high.a.b.delay.500"
+    assert topo.classify("ns1.high.a.b.delay.500") == QueueRole("high_delay", "a.b", 500)
+    assert topo.delay_queue_arguments("a.b", 500, "high")["x-dead-letter-exchange"] == (
+        "ns1.tasks.high"
+    )
+    assert topo.high_queue_arguments("a.b")["x-dead-letter-routing-key"] == ("ns1.pool.a.b.parked")

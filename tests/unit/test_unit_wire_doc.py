@@ -136,8 +136,12 @@ def expected_arguments(queue: str) -> dict[str, Any]:
         return TOPO.parked_queue_arguments()
     if role.kind == "tracker":
         return TOPO.tracker_queue_arguments()
-    if role.kind == "control":
-        return TOPO.control_stream_arguments()
+    if role.kind == "high":
+        assert role.pool is not None
+        return TOPO.high_queue_arguments(role.pool)
+    if role.kind == "high_delay":
+        assert role.pool is not None and role.delay_ms is not None
+        return TOPO.delay_queue_arguments(role.pool, role.delay_ms, "high")
     assert role.pool is not None
     if role.kind == "delay":
         assert role.delay_ms is not None
@@ -284,9 +288,16 @@ def test_the_exchanges_and_bindings_match_the_topology() -> None:
         "parked": ({TOPO.dead_exchange}, {TOPO.parked_queue(pool_queue)}),
         "delay": (set(), set()),
         "tracker": (
-            {TOPO.tasks_exchange, TOPO.events_exchange, TOPO.dead_exchange},
+            {
+                TOPO.tasks_exchange,
+                TOPO.high_tasks_exchange,
+                TOPO.events_exchange,
+                TOPO.dead_exchange,
+            },
             {"#", TOPO.parked_pools_pattern},
         ),
+        "high": ({TOPO.high_tasks_exchange}, {TOPO.task_routing_key(POOL)}),
+        "high_delay": (set(), set()),
         "tracker_parked": ({TOPO.dead_exchange}, {TOPO.parked_queue(TOPO.tracker_queue)}),
         "control": ({TOPO.events_exchange}, set(CONTROL_EVENTS)),
     }
