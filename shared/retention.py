@@ -2,9 +2,9 @@
 
 What goes, for a cutoff:
 
-- every task in a final state (`completed`, `failed`) last updated before the cutoff, with its
-  log entries and its send keys. A task in any other state stays, however old, and so does
-  everything of it;
+- every task in a final state (`completed`, `failed`, `expired`, `canceled`) last updated
+  before the cutoff, with its log entries, its send keys and its cancel. A task in any other
+  state stays, however old, and so does everything of it;
 - log entries of no task (messages, poison parked without a task id) from before the cutoff;
 - send keys of no task recorded before the cutoff that RabbitMQ never confirmed (the send got a
   503 and was not retried).
@@ -40,12 +40,13 @@ from sqlalchemy.sql.dml import ReturningDelete
 from sqlalchemy.sql.expression import ColumnClause, FromClause
 
 from shared.errors import DatabaseUnavailable
-from shared.models import LogEntry, SendKey, Task
+from shared.models import Cancel, LogEntry, SendKey, Task
 from shared.schemas import FINAL_STATES
 
 _TASKS = Task.__table__  # type: ignore[attr-defined]
 _LOG = LogEntry.__table__  # type: ignore[attr-defined]
 _KEYS = SendKey.__table__  # type: ignore[attr-defined]
+_CANCELS = Cancel.__table__  # type: ignore[attr-defined]
 
 #: Tasks (with their entries and keys), or entries of no task, deleted per transaction.
 BATCH_SIZE = 5000
@@ -249,4 +250,6 @@ async def _task_batch(conn: AsyncConnection, cutoff: datetime, limit: int) -> Pr
         return PruneCounts()
     entries = await conn.execute(delete(_LOG).where(_LOG.c.task_id.in_(task_ids)))
     keys = await conn.execute(delete(_KEYS).where(_KEYS.c.task_id.in_(task_ids)))
+    # A canceled task's cancel goes with it (not counted: one row per such task).
+    await conn.execute(delete(_CANCELS).where(_CANCELS.c.task_id.in_(task_ids)))
     return PruneCounts(tasks=len(task_ids), task_entries=entries.rowcount, send_keys=keys.rowcount)

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.api.cancels import Cancels
 from services.api.send_keys import SendKeys
 from services.tracker.lifecycle import Entry
 from services.tracker.pruning import pruning
@@ -370,3 +371,23 @@ def test_the_tracker_process_prunes(bus: Bus) -> None:
     assert "old-pending" in asyncio.run(remaining())
     assert tracker.stop() == 0
     assert "pruned 2 tasks" in tracker.output()
+
+
+async def test_expired_and_canceled_tasks_go_with_their_cancel(engine: AsyncEngine) -> None:
+    store = Store(engine)
+    await store.write([send("old-canceled", OLD), send("old-expired", OLD),
+                       send("recent-canceled", RECENT)])  # fmt: skip
+    await store.write(
+        [
+            event("cancel", "old-canceled", OLD, canceled_by="master"),
+            event("expired", "old-expired", OLD, error="not started by its deadline"),
+            event("cancel", "recent-canceled", RECENT, canceled_by="master"),
+        ]
+    )
+    cancels = Cancels(engine)
+    await cancels.record("old-canceled", "master", OLD)
+    await cancels.record("recent-canceled", "master", RECENT)
+    counts = await prune(engine, CUTOFF)
+    assert (counts.tasks, counts.task_entries) == (2, 4)
+    assert await states(engine) == {"recent-canceled": "canceled"}
+    assert await cancels.since(OLD - timedelta(days=1)) == ["recent-canceled"]
