@@ -392,7 +392,10 @@ class Worker:
             run = Run(attempt)
             pending = events.processing_when_slow(task, run)
             reports = events.reports(task, run, self.settings.progress_every)
-            hold = asyncio.create_task(self._hold(message, task, run, reports))
+            # A timer, not a task per run: most runs end long before it fires.
+            hold = asyncio.get_running_loop().call_later(
+                self.settings.hold_delivery, self._hold, message, task, run, reports
+            )
             try:
                 with reporting_to(reports):
                     outcome = await self._run_handler(task, policy)
@@ -413,7 +416,7 @@ class Worker:
         finally:
             slots.release()
 
-    async def _hold(
+    def _hold(
         self, message: AbstractIncomingMessage, task: TaskMessage, run: Run, reports: RunReports
     ) -> None:
         """Past RELAY_HOLD_DELIVERY, hand the task from its delivery to a lease: publish the
@@ -422,13 +425,11 @@ class Worker:
         RabbitMQ takes back a delivery left unacked past its consumer timeout (it closes the
         channel and delivers the task again, to run a second time); a lease has no such limit.
         Should this child die, the tracker finds the lease expired and sends the task again.
+        The hand-over is not cancelled half-way when the handler ends meanwhile (_end_hold
+        waits for it): a lease confirmed but not renewed, or an ack sent but not recorded as
+        sent (then acked twice, which closes the channel), would each run the task twice.
         """
-        await asyncio.sleep(self.settings.hold_delivery)
-        # The hand-over is not cancelled half-way when the handler ends meanwhile (_end_hold
-        # waits for it): a lease confirmed but not renewed, or an ack sent but not recorded as
-        # sent (then acked twice, which closes the channel), would each run the task twice.
         run.handover = asyncio.ensure_future(self._hand_over(message, task, run, reports))
-        await asyncio.shield(run.handover)
 
     async def _hand_over(
         self, message: AbstractIncomingMessage, task: TaskMessage, run: Run, reports: RunReports
@@ -463,11 +464,10 @@ class Worker:
             task.task_id, self.settings.hold_delivery, lease_s, lease_s / 4,
         )  # fmt: skip
 
-    async def _end_hold(self, hold: asyncio.Task[None], reports: RunReports, run: Run) -> bool:
+    async def _end_hold(self, hold: asyncio.TimerHandle, reports: RunReports, run: Run) -> bool:
         """The handler ended: no lease taken from now. The heartbeats of a lease go on until the
         task is settled (_run_task), since the callback may take a while; whether it is leased."""
         hold.cancel()
-        await asyncio.wait({hold})
         if run.handover is not None:
             await asyncio.wait({run.handover})
         if run.leased:
