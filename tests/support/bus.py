@@ -88,7 +88,12 @@ class Namespace:
 
     def delete(self) -> None:
         exchanges, queues = self.topo.names(sorted(self.pools))
-        queues += [self.topo.delay_queue(p, d) for p in self.pools for d in self.delays]
+        queues += [
+            self.topo.delay_queue(p, d, priority)
+            for p in self.pools
+            for d in self.delays
+            for priority in (None, "high")
+        ]
         connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
         try:
             channel = connection.channel()
