@@ -132,3 +132,8 @@ def cancel_event_id(task_id: str) -> str:
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+def utc_iso(moment: datetime) -> str:
+    """A UTC moment as the bus writes it: RFC 3339 with a `Z`."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -23,7 +23,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from shared.contract import IDENT_PATTERN, NAME_PATTERN
-from shared.ids import TASK_PREFIX
+from shared.ids import TASK_PREFIX, utc_iso
 from shared.topology import RESERVED_POOL_PATTERN, Priority, Topology
 
 #: A string PostgreSQL can store: no NUL character. `_NoNul` refuses them in one pass over a
@@ -80,6 +80,12 @@ def _not_ahead(value: datetime) -> datetime:
 
 #: A timestamp as a request spells it (the OpenAPI's `date-time`), not only as pydantic reads it.
 RequestTimestamp = Annotated[Timestamp, BeforeValidator(_as_documented)]
+
+
+def deadline_missed(deadline: datetime) -> str:
+    """The error of a task that ends `expired`: the child's and the tracker's say the same."""
+    return f"not started by its deadline {utc_iso(deadline)}"
+
 
 TaskState = Literal[
     "pending", "processing", "retrying", "completed", "failed", "expired", "canceled"

@@ -184,7 +184,7 @@ class ChildSettings(BusSettings):
 
     @field_validator("handler_timeout", "high_concurrency", mode="before")
     @classmethod
-    def _empty_timeout_is_unset(cls, value: object) -> object:
+    def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
     @model_validator(mode="before")

@@ -32,7 +32,14 @@ from shared.contract import (
     MAX_LIMIT,
 )
 from shared.errors import DatabaseUnavailable
-from shared.ids import TASK_PREFIX, callback_event_id, cancel_event_id, new_event_id, utcnow
+from shared.ids import (
+    TASK_PREFIX,
+    callback_event_id,
+    cancel_event_id,
+    new_event_id,
+    utc_iso,
+    utcnow,
+)
 from shared.readmodel import LogFilter
 from shared.schemas import (
     FINAL_STATES,
@@ -420,7 +427,7 @@ def _entry(row: dict[str, Any]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "id": row["id"],
         "event": row["event"],
-        "ts": row["ts"].isoformat().replace("+00:00", "Z"),
+        "ts": utc_iso(row["ts"]),
         "task_id": row["task_id"],
         "conversation_id": row["conversation_id"],
         "from": row["sender"],

@@ -19,7 +19,7 @@ from shared.contract import (
     TASKS_PATH,
 )
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
-from shared.ids import utcnow
+from shared.ids import utc_iso, utcnow
 from shared.schemas import CallbackRequest, CallbackResponse, CancelsResponse, TaskResponse
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class CallbackClient:
         """The ids of the tasks canceled since `since`, as the API recorded them; raises
         CallbackFailed when the API does not answer them."""
         url = f"{self.api}{CANCELS_PATH}"
-        params = {"since": since.isoformat().replace("+00:00", "Z")}
+        params = {"since": utc_iso(since)}
         try:
             async with self._get_session().get(
                 url, params=params, headers=self._headers, timeout=self._timeout

@@ -28,7 +28,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, Abstrac
 from pydantic import ValidationError
 
 from shared.backoff import Backoff, retry
-from shared.errors import BusError, CallbackFailed
+from shared.errors import BusError
 from shared.ids import new_run_id, utcnow
 from shared.schemas import Event
 from shared.topology import CONTROL_MAX_AGE_DAYS, Topology, declare_control
@@ -42,9 +42,7 @@ _REMEMBERED = timedelta(days=CONTROL_MAX_AGE_DAYS) - timedelta(hours=1)
 _FOLLOW_BACKOFF = Backoff(first=0.5, factor=2.0, cap=10.0)
 #: One try at following the cancels (a broker or an API that does not answer, say).
 _FOLLOW_TIMEOUT = 15.0
-_FOLLOW_ERRORS = (
-    BusError, CallbackFailed, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError, OSError
-)  # fmt: skip
+_FOLLOW_ERRORS = (BusError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError, OSError)
 
 #: Reads the ids of the tasks canceled since a moment (the API's list; CallbackClient).
 ReadCancels = Callable[[datetime], Awaitable[list[str]]]

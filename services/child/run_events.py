@@ -20,7 +20,7 @@ from shared import amqp
 from shared.backoff import Backoff, retry
 from shared.errors import BusError
 from shared.ids import expired_event_id, new_event_id, new_run_id, processing_event_id, utcnow
-from shared.schemas import CallbackRequest, Event, TaskMessage
+from shared.schemas import CallbackRequest, Event, EventName, TaskMessage
 from shared.topology import Declared, Topology
 
 log = logging.getLogger(__name__)
@@ -100,52 +100,22 @@ class RunEvents:
         self, task: TaskMessage, attempt: int, run_id: str, started_at: datetime
     ) -> None:
         """Tell the tracker the task started; best effort (the completion is what counts)."""
-        await self._softly(
-            Event(
-                event_id=processing_event_id(task.task_id, run_id),
-                event="processing",
-                ts=started_at,
-                task_id=task.task_id,
-                conversation_id=task.conversation_id,
-                child_id=self.child_id,
-                attempt=attempt,
-            )
-        )
+        event_id = processing_event_id(task.task_id, run_id)
+        await self._softly(self._about(task, "processing", event_id, attempt, ts=started_at))
 
     async def lease(self, task: TaskMessage, run: Run, lease_s: float, replays: int) -> None:
         """Tell the tracker the child answers for the run's task for `lease_s` (renewed by
         heartbeats); confirmed, since the delivery is acked next. Raises BusError."""
         await self._publish(
-            Event(
-                event_id=new_event_id(),
-                event="lease",
-                ts=utcnow(),
-                task_id=task.task_id,
-                conversation_id=task.conversation_id,
-                child_id=self.child_id,
-                attempt=run.attempt,
-                run_id=run.run_id,
-                lease_s=lease_s,
-                task=task,
-                replays=replays,
-            )
-        )
+            self._about(task, "lease", new_event_id(), run.attempt, run_id=run.run_id,
+                        lease_s=lease_s, task=task, replays=replays)
+        )  # fmt: skip
 
     async def expired(self, task: TaskMessage, attempt: int | None, reason: str) -> None:
         """Tell the tracker the task ends `expired` (never started again); confirmed, since the
         delivery is acked next. Raises BusError."""
-        await self._publish(
-            Event(
-                event_id=expired_event_id(task.task_id),
-                event="expired",
-                ts=utcnow(),
-                task_id=task.task_id,
-                conversation_id=task.conversation_id,
-                child_id=self.child_id,
-                attempt=attempt,
-                error=reason,
-            )
-        )
+        event_id = expired_event_id(task.task_id)
+        await self._publish(self._about(task, "expired", event_id, attempt, error=reason))
 
     def reports(self, task: TaskMessage, run: Run, every: float) -> RunReports:
         """The run's progress reports and heartbeats, published from now until `close`."""
@@ -159,16 +129,8 @@ class RunEvents:
         `firmly` (the run held a lease): the event ends the lease, which would otherwise expire
         and send the task a second time; it is tried until confirmed, for a while.
         """
-        event = Event(
-            event_id=new_event_id(),
-            event="retry",
-            ts=utcnow(),
-            task_id=task.task_id,
-            conversation_id=task.conversation_id,
-            child_id=self.child_id,
-            attempt=attempt,
-            error=error[:10_000],
-            next_at=next_at,
+        event = self._about(
+            task, "retry", new_event_id(), attempt, error=error[:10_000], next_at=next_at
         )
         if not firmly:
             await self._softly(event)
@@ -179,6 +141,44 @@ class RunEvents:
                         attempts=_FIRM_ATTEMPTS)  # fmt: skip
         except BusError as exc:
             log.error("%s (%s): its lease will expire and send it again", what, exc)
+
+    async def progress(
+        self,
+        task: TaskMessage,
+        run: Run,
+        progress: float | None,
+        note: str | None,
+        lease_s: float | None,
+    ) -> None:
+        """A run's progress report, or its lease's heartbeat (`lease_s`); best effort."""
+        event = self._about(
+            task, "progress", new_event_id(), run.attempt, progress=progress, note=note,
+            lease_s=lease_s,
+        )  # fmt: skip
+        await self._softly(event)
+
+    def _about(
+        self,
+        task: TaskMessage,
+        name: EventName,
+        event_id: str,
+        attempt: int | None,
+        /,
+        ts: datetime | None = None,
+        **fields: Any,
+    ) -> Event:
+        """An event of this child about a run of `task` (now, unless `ts` says); `fields` are
+        the event's own (a lease's `task` among them: hence positional-only above)."""
+        return Event(
+            event_id=event_id,
+            event=name,
+            ts=ts or utcnow(),
+            task_id=task.task_id,
+            conversation_id=task.conversation_id,
+            child_id=self.child_id,
+            attempt=attempt,
+            **fields,
+        )
 
     async def _softly(self, event: Event) -> None:
         """Publish an event whose loss costs only detail in the log."""
@@ -265,19 +265,8 @@ class RunReports:
                     async with asyncio.timeout(self.lease_s / 4):
                         await self._changed.wait()
             self._changed.clear()
-            await self.events._softly(
-                Event(
-                    event_id=new_event_id(),
-                    event="progress",
-                    ts=utcnow(),
-                    task_id=self.task.task_id,
-                    conversation_id=self.task.conversation_id,
-                    child_id=self.events.child_id,
-                    attempt=self.run.attempt,
-                    progress=self._progress,
-                    note=self._note,
-                    lease_s=self.lease_s,
-                )
+            await self.events.progress(
+                self.task, self.run, self._progress, self._note, self.lease_s
             )
             # A chatty handler's reports wait, the latest wins; a heartbeat does not wait longer
             # than a quarter of the lease.

@@ -7,7 +7,7 @@ import contextlib
 import enum
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -32,11 +32,11 @@ from shared.errors import (
     RetryLater,
     UnknownTask,
 )
-from shared.ids import new_event_id, utcnow
+from shared.ids import new_event_id, utc_iso, utcnow
 from shared.logs import task_context
 from shared.ops import OpsServer
 from shared.retry import RetryPolicy
-from shared.schemas import CallbackRequest, TaskMessage
+from shared.schemas import CallbackRequest, TaskMessage, deadline_missed
 from shared.settings import ChildSettings
 from shared.topology import (
     Declared,
@@ -74,14 +74,11 @@ class _Retry(Exception):
         self.leased = False
 
 
-class _CanceledRun(Exception):
-    """The task was cancelled on the bus while its handler ran."""
-
-
-class _Canceled:
-    """The task was cancelled on the bus: not started, or its handler cancelled."""
+class _Canceled(Exception):
+    """The task was cancelled on the bus: not started, or its handler cancelled (raised)."""
 
     def __init__(self, how: str) -> None:
+        super().__init__(how)
         self.how = how
 
 
@@ -90,10 +87,6 @@ class _Expired:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
@@ -387,7 +380,7 @@ class Worker:
             if task.task_id in self.cancels.canceled:
                 return _Canceled(": not started")
             if task.deadline is not None and utcnow() >= task.deadline:
-                return _Expired(f"not started by its deadline {_iso(task.deadline)}")
+                return _Expired(deadline_missed(task.deadline))
             events = self._run_events()
             run = Run(attempt)
             pending = events.processing_when_slow(task, run)
@@ -396,23 +389,22 @@ class Worker:
             hold = asyncio.get_running_loop().call_later(
                 self.settings.hold_delivery, self._hold, message, task, run, reports
             )
+            ended: _Retry | _Canceled | None = None
             try:
                 with reporting_to(reports):
                     outcome = await self._run_handler(task, policy)
-            except _Retry as retry:
-                retry.leased = await self._end_hold(hold, reports, run)
-                await events.end(pending, task, run, publish=True)
-                return retry
-            except _CanceledRun:
-                await self._end_hold(hold, reports, run)
-                await events.end(pending, task, run, publish=True)
-                return _Canceled(": its handler was cancelled")
+            except (_Retry, _Canceled) as exc:
+                ended = exc
             finally:
                 if not run.processing_published:  # a publish under way is left to finish
                     pending.cancel()
-                await self._end_hold(hold, reports, run)
-            await events.end(pending, task, run, publish=False)
-            return outcome.model_copy(update=run.fields())
+                leased = await self._end_hold(hold, reports, run)
+            # A run that ends in a retry or a cancel has no callback to name it: its
+            # `processing` is published now.
+            await events.end(pending, task, run, publish=ended is not None)
+            if isinstance(ended, _Retry):
+                ended.leased = leased
+            return ended or outcome.model_copy(update=run.fields())
         finally:
             slots.release()
 
@@ -514,17 +506,13 @@ class Worker:
                 result = await self._handler_of(task)
         except asyncio.CancelledError:
             if self._canceled_here(task):
-                raise _CanceledRun from None
+                raise _Canceled(": its handler was cancelled") from None
             raise
         except TimeoutError as exc:
             if not limit.expired():  # the handler's own TimeoutError (a client's, say)
                 return self._handler_failed(task, policy, exc)
-            error = f"timeout after {timeout:g} s"
             self._timeouts.inc()
-            log.warning("handler for %s (cmd %r): %s", task.task_id, task.cmd, error)
-            if policy.retry_errors:
-                raise _Retry(error) from exc
-            return _failed(task, self.child_id, error)
+            return self._handler_failed(task, policy, exc, f"timeout after {timeout:g} s")
         except RetryLater as exc:
             raise _Retry(f"RetryLater: {exc}", exc.delay) from exc
         except NeverRetry as exc:
@@ -570,11 +558,12 @@ class Worker:
         )
 
     def _handler_failed(
-        self, task: TaskMessage, policy: RetryPolicy, exc: Exception
+        self, task: TaskMessage, policy: RetryPolicy, exc: Exception, error: str | None = None
     ) -> CallbackRequest:
-        """The failed outcome of a handler that raised `exc`; raises _Retry if it is retried."""
-        log.warning("handler for %s (cmd %r) raised %r", task.task_id, task.cmd, exc)
-        error = f"{exc.__class__.__name__}: {exc}"
+        """The failed outcome of a handler that raised `exc` (`error`: what to say instead of
+        the exception); raises _Retry if the policy retries errors."""
+        error = error or f"{exc.__class__.__name__}: {exc}"
+        log.warning("handler for %s (cmd %r) failed: %s", task.task_id, task.cmd, error)
         if policy.retry_errors:
             raise _Retry(error) from exc
         return _failed(task, self.child_id, error)
@@ -623,7 +612,7 @@ class Worker:
         ):
             reason = (
                 f"attempt {attempt} failed ({retry.reason}); the next would start after its "
-                f"deadline {_iso(task.deadline)}"
+                f"deadline {utc_iso(task.deadline)}"
             )
             return await self._expire(task, attempt, reason)
         assert self._publisher is not None

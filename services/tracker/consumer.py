@@ -180,7 +180,7 @@ class Tracker:
         await subscription.start()
         self._subscription = subscription
         log.info("tracker consuming %s", self.topo.tracker_queue)
-        overdue = OverdueSweep(connection, store.engine, self.topo)
+        overdue = OverdueSweep(connection, store, self.topo)
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + self.settings.lease_sweep_every
         try:

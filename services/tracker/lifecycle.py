@@ -190,15 +190,13 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
             progress=None,
             progress_note=None,
         )
-    # A progress report that names no attempt (a foreign child's, over HTTP) is not dropped
-    # for it: it concerns the attempt under way.
-    reports = source.event == "progress"
     attempts = max(row.attempts, source.attempt or 0)
     if row.final:
         # The count of attempts still takes news of one that raced behind the completion.
         return _with(row, attempts=attempts) if attempts != row.attempts else row
-    attempt = source.attempt if source.attempt is not None or not reports else row.attempts
-    attempt = attempt or 0
+    attempt = source.attempt or 0
+    if source.attempt is None and source.event == "progress":
+        attempt = row.attempts  # a report naming no attempt (over HTTP): the one under way
     if source.event in _OF_AN_ATTEMPT and attempt < row.attempts:
         return _with(row, updated_at=updated)  # news of an earlier attempt, overtaken
     # What each event sets, besides its time and the count of attempts.

@@ -33,7 +33,6 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from pydantic import ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.lifecycle import Entry
 from services.tracker.store import Store
@@ -41,7 +40,7 @@ from shared import amqp, metrics
 from shared.db import connection
 from shared.ids import expired_event_id, lease_expired_event_id, new_event_id, utcnow
 from shared.models import LogEntry, Task
-from shared.schemas import Event, TaskMessage
+from shared.schemas import Event, TaskMessage, deadline_missed
 from shared.topology import Declared, Topology, declare_core
 
 log = logging.getLogger(__name__)
@@ -64,13 +63,11 @@ class OverdueSweep:
     """Finds expired leases and passed deadlines; sends the tasks of the one again (over a
     channel of its own) and ends the others `expired`."""
 
-    def __init__(
-        self, connection: AbstractRobustConnection, engine: AsyncEngine, topo: Topology
-    ) -> None:
+    def __init__(self, connection: AbstractRobustConnection, store: Store, topo: Topology) -> None:
         self.connection = connection
-        self.engine = engine
+        self.store = store
+        self.engine = store.engine
         self.topo = topo
-        self.store = Store(engine)
         self._publisher: AbstractChannel | None = None
         self._declared: Declared | None = None
         #: The marker on its way through the tracker's queue, and when it was sent.
@@ -244,16 +241,15 @@ class OverdueSweep:
         return self._declared
 
     async def close(self) -> None:
-        for channel in (self._publisher,):
-            if channel is not None and not channel.is_closed:
-                try:
-                    await channel.close()
-                except Exception as exc:  # closing anyway: the connection goes next
-                    log.debug("lease sweeper channel not closed cleanly: %r", exc)
+        channel = self._publisher
+        if channel is not None and not channel.is_closed:
+            try:
+                await channel.close()
+            except Exception as exc:  # closing anyway: the connection goes next
+                log.debug("overdue sweep's channel not closed cleanly: %r", exc)
 
 
 def _expiry(row: dict[str, Any]) -> Entry:
-    deadline = row["deadline"].isoformat().replace("+00:00", "Z")
     return Entry.from_event(
         Event(
             event_id=expired_event_id(row["task_id"]),
@@ -262,7 +258,7 @@ def _expiry(row: dict[str, Any]) -> Entry:
             task_id=row["task_id"],
             conversation_id=row["conversation_id"],
             attempt=row["attempts"] or None,
-            error=f"not started by its deadline {deadline}",
+            error=deadline_missed(row["deadline"]),
         )
     )
 
