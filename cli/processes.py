@@ -130,9 +130,17 @@ def stop_all(procs: Sequence[BusProcess], timeout: float) -> list[BusProcess]:
     return killed
 
 
+#: Ports free_port handed out: a process given one may not have bound it yet, and the kernel
+#: can offer the same port again meanwhile (two test processes once got the same ops port).
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on now, and not one handed out before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
