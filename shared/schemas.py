@@ -88,7 +88,14 @@ def deadline_missed(deadline: datetime) -> str:
 
 
 TaskState = Literal[
-    "pending", "processing", "retrying", "completed", "failed", "expired", "canceled"
+    "scheduled",
+    "pending",
+    "processing",
+    "retrying",
+    "completed",
+    "failed",
+    "expired",
+    "canceled",
 ]
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "expired", "canceled"})
 EventName = Literal[
@@ -109,6 +116,11 @@ EventName = Literal[
 MAX_TIMEOUT_S = 7 * 24 * 3600
 #: Seconds: how long a handler may run; above 0, at most MAX_TIMEOUT_S.
 TimeoutSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False, strict=True)]
+#: The longest a send may put off its task's start (`delay_s`): 30 days, the default of
+#: RELAY_MAX_DEADLINE_S, which bounds a `not_before` (and this, when set lower).
+MAX_DELAY_S = 30 * 24 * 3600
+#: Seconds: how long a task waits before it may start; above 0, at most MAX_DELAY_S.
+DelaySeconds = Annotated[float, Field(gt=0, le=MAX_DELAY_S, allow_inf_nan=False, strict=True)]
 #: A handler's progress, from 0 (started) to 1 (all done).
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=True)]
 #: A progress report's words (`progress_note`).
@@ -200,13 +212,20 @@ class SendFields(_NoNul):
         description="A task not started by then never starts (it ends `expired`); in the "
         "future, at most RELAY_MAX_DEADLINE_S (30 days) ahead: 422 otherwise.",
     )
+    #: The task does not start before then: it is `scheduled` until then.
+    not_before: RequestTimestamp | None = Field(
+        default=None,
+        description="The task does not start before then (it is `scheduled` until then); at "
+        "most RELAY_MAX_DEADLINE_S (30 days) ahead, before the deadline if there is one: 422 "
+        "otherwise. A time already past: the task starts at once.",
+    )
 
 
 def _send_rules(schema: dict[str, Any]) -> None:
     """What a send's fields require of each other, in its JSON Schema (the OpenAPI of a send):
     a task goes to a pool's name (`_task_goes_to_a_pool`); a message takes no `task_id` (400)
-    nor a task's timing; a deadline or a ttl_s. That a deadline lies ahead, and not too far,
-    depends on the clock: the field's description says it (422 otherwise)."""
+    nor a task's timing. That a deadline lies ahead, and not too far, and a not_before before
+    it, depends on the clock: the fields' descriptions say it (422 otherwise)."""
     is_task = {"properties": {"type": {"const": "task"}}, "required": ["type"]}
     schema["if"] = is_task
     schema["then"] = {"properties": {"to": {"not": {"pattern": RESERVED_POOL_PATTERN}}}}
@@ -214,7 +233,7 @@ def _send_rules(schema: dict[str, Any]) -> None:
 
 
 #: Fields of a send that only a task may have.
-_TASK_ONLY = ("timeout_s", "deadline", "ttl_s", "priority")
+_TASK_ONLY = ("timeout_s", "deadline", "ttl_s", "priority", "not_before", "delay_s")
 
 #: A client-chosen task id: the bus's own `t_…` ids are not the client's to choose (422).
 ClientTaskId = Annotated[Ident, Field(json_schema_extra={"not": {"pattern": f"^{TASK_PREFIX}"}})]
@@ -235,6 +254,8 @@ class SendRequest(SendFields):
                 raise ValueError(f"{given[0]} applies only to tasks")
         if self.deadline is not None and self.ttl_s is not None:
             raise ValueError("give a deadline or a ttl_s, not both")
+        if self.not_before is not None and self.delay_s is not None:
+            raise ValueError("give a not_before or a delay_s, not both")
         if self.deadline is not None and self.deadline <= datetime.now(UTC):
             raise ValueError("deadline: a time in the future")
         return self
@@ -242,6 +263,11 @@ class SendRequest(SendFields):
     ttl_s: TimeoutSeconds | None = Field(
         default=None,
         description="The deadline as seconds from now: a task not started by then never starts.",
+    )
+
+    delay_s: DelaySeconds | None = Field(
+        default=None,
+        description="The not_before as seconds from now: the task waits `scheduled` that long.",
     )
 
     task_id: ClientTaskId | None = Field(
@@ -406,6 +432,8 @@ class TaskResponse(BaseModel):
     completed_at: datetime | None = None
     #: A task not started by then never starts (it ends `expired`).
     deadline: datetime | None = None
+    #: The task does not start before then; `scheduled` until then.
+    not_before: datetime | None = None
     priority: str | None = None
     #: The handler's last progress report (0 to 1) and its words.
     progress: float | None = None

@@ -123,7 +123,8 @@ class ApiSettings(BusSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     #: Database connections the API keeps open (PostgreSQL); as many again may open under load.
     db_pool_size: int = Field(default=20, ge=1, le=500)
-    #: The furthest a task's deadline (`deadline`, `ttl_s`) may be, in seconds from its send.
+    #: The furthest a task's deadline (`deadline`, `ttl_s`) or its start (`not_before`,
+    #: `delay_s`) may be, in seconds from its send.
     max_deadline_s: float = Field(default=30 * 86_400, gt=0)
     #: How long a signed task id the tracker has not seen yet still reads as `pending`.
     pending_grace_seconds: int = Field(default=7 * 24 * 3600, ge=60)

@@ -70,10 +70,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _SEND_FIELDS = {
     "from_", "to", "type", "cmd", "payload", "text", "conversation_id", "timeout_s", "deadline",
-    "priority",
+    "priority", "not_before",
 }  # fmt: skip
 #: Send fields added after idempotent sends were (the body's hash leaves them out when unset).
-_LATER_FIELDS = ("timeout_s", "deadline", "ttl_s", "priority")
+_LATER_FIELDS = ("timeout_s", "deadline", "ttl_s", "priority", "not_before", "delay_s")
 JSON = "application/json"
 FilterText = Annotated[str | None, Field(max_length=128)]
 #: Log entry ids are 64-bit (BIGINT, SQLite's INTEGER): a larger `after` the database refuses.
@@ -108,7 +108,9 @@ async def send(request: Request) -> Response:
     now = utcnow()
     fields = body.model_dump(include=_SEND_FIELDS)
     if body.type == "task":
-        fields["deadline"] = _deadline(body, now, services.settings.max_deadline_s)
+        most_s = services.settings.max_deadline_s
+        fields["deadline"] = _deadline(body, now, most_s)
+        fields["not_before"] = _not_before(body, now, most_s, fields["deadline"])
     if body.type == "message":
         if body.task_id is not None:
             raise ApiError(400, "task_id applies only to tasks")
@@ -143,6 +145,25 @@ def _deadline(body: SendRequest, now: datetime, most_s: float) -> datetime | Non
         field = "ttl_s" if body.ttl_s is not None else "deadline"
         raise ApiError(422, f"{field}: at most {most_s:g} s ahead (RELAY_MAX_DEADLINE_S)")
     return deadline
+
+
+def _not_before(
+    body: SendRequest, now: datetime, most_s: float, deadline: datetime | None
+) -> datetime | None:
+    """When the task may start (`delay_s` from now, or as given; None: at once); 422 beyond
+    RELAY_MAX_DEADLINE_S, or not before the deadline (it could never start)."""
+    if body.delay_s is not None:
+        not_before = now + timedelta(seconds=body.delay_s)
+    elif body.not_before is not None:
+        not_before = body.not_before
+    else:
+        return None
+    field = "delay_s" if body.delay_s is not None else "not_before"
+    if not_before - now > timedelta(seconds=most_s):
+        raise ApiError(422, f"{field}: at most {most_s:g} s ahead (RELAY_MAX_DEADLINE_S)")
+    if deadline is not None and not_before >= deadline:
+        raise ApiError(422, f"{field}: the task may start only after its deadline")
+    return not_before if not_before > now else None
 
 
 def _answer(model: BaseModel, *, exclude_none: bool = False) -> Response:
@@ -307,6 +328,7 @@ async def task_record(task_id: TaskIdPath, services: ServicesDep) -> TaskRespons
         updated_at=row["updated_at"],
         completed_at=row["completed_at"],
         deadline=row["deadline"],
+        not_before=row["not_before"],
         priority=row["priority"],
         progress=row["progress"],
         progress_note=row["progress_note"],

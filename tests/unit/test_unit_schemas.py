@@ -148,6 +148,13 @@ def test_a_callbacks_result_is_accepted_as_documented(result: Any, ok: bool) -> 
         ({"type": "message", "deadline": "2099-01-01T00:00:00Z"}, "only to tasks"),
         ({"type": "message", "ttl_s": 5}, "only to tasks"),
         ({"type": "message", "timeout_s": 5}, "only to tasks"),
+        ({"type": "message", "delay_s": 5}, "only to tasks"),
+        ({"type": "message", "not_before": "2099-01-01T00:00:00Z"}, "only to tasks"),
+        ({"delay_s": 5, "not_before": "2099-01-01T00:00:00Z"}, "not both"),
+        ({"delay_s": 0}, "greater than 0"),
+        ({"delay_s": 31 * 86_400}, "less than or equal"),
+        ({"delay_s": "5"}, "valid number"),
+        ({"not_before": "2099-01-01T00:00:00"}, "RFC 3339"),
     ],
 )
 def test_a_sends_deadline_and_timeout_rules(extra: dict[str, Any], message: str) -> None:
