@@ -68,6 +68,8 @@ class TaskBase(SQLModel):
     completed_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
     #: A task not started by then never starts (it ends `expired`).
     deadline: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
+    #: The task does not start before then (`scheduled` until then).
+    not_before: datetime | None = Field(default=None, sa_column=Column(UtcDateTime))
     #: `high`, or None for the rest.
     priority: str | None = Field(default=None, sa_column=Column(String(8)))
     #: Until when the child holding a long run's lease answers for it (services/tracker/overdue.py).

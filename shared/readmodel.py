@@ -6,6 +6,7 @@ The tracker writes these tables (services/tracker/store.py); nothing here writes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, ScalarSelect, Select, func, select, union
@@ -40,14 +41,17 @@ class Reader:
     async def task(self, task_id: str) -> dict[str, Any] | None:
         async with connection(self.engine) as conn:
             row = (await conn.execute(select(_TASKS).where(_TASKS.c.task_id == task_id))).first()
-        return dict(row._mapping) if row is not None else None
+        if row is None:
+            return None
+        task = dict(row._mapping)
+        task["state"] = state_now(task["state"], task["not_before"])
+        return task
 
     async def task_state(self, task_id: str) -> str | None:
+        query = select(_TASKS.c.state, _TASKS.c.not_before).where(_TASKS.c.task_id == task_id)
         async with connection(self.engine) as conn:
-            state: str | None = (
-                await conn.execute(select(_TASKS.c.state).where(_TASKS.c.task_id == task_id))
-            ).scalar_one_or_none()
-        return state
+            row = (await conn.execute(query)).first()
+        return state_now(row.state, row.not_before) if row is not None else None
 
     async def logs(self, f: LogFilter) -> list[dict[str, Any]]:
         """Entries matching `f`, oldest first: the last `limit`, or the next ones after `after`."""
@@ -71,6 +75,14 @@ class Reader:
     async def ping(self) -> None:
         async with connection(self.engine) as conn:
             await conn.execute(select(1))
+
+
+def state_now(state: str, not_before: datetime | None) -> str:
+    """A task's state as readers see it: a `scheduled` task whose time has come is `pending`
+    (it waits for a child now; the tracker records no event for the moment it became due)."""
+    if state == "scheduled" and (not_before is None or not_before <= datetime.now(UTC)):
+        return "pending"
+    return state
 
 
 def logs_query(f: LogFilter) -> Select[Any]:

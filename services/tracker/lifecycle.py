@@ -1,6 +1,8 @@
 """The task state machine, as pure functions: what one event does to one task row.
 
 ``pending -> processing -> completed | failed``, ``processing -> retrying -> processing``.
+A task sent with a ``not_before`` ahead starts ``scheduled`` instead of ``pending``; once that
+time is past, readers show it ``pending`` (shared/readmodel.py) until a child takes it.
 A run past the child's hold takes a lease (``lease``), renewed by ``progress`` heartbeats; a
 lease the tracker finds expired (``lease_expired``) sends the task back: ``retrying``.
 A task not started by its deadline ends ``expired``, a ``cancel`` ends it ``canceled``: both
@@ -114,6 +116,7 @@ class TaskRow:
     next_attempt_at: datetime | None = None
     completed_at: datetime | None = None
     deadline: datetime | None = None
+    not_before: datetime | None = None
     priority: str | None = None
     lease_until: datetime | None = None
     progress: float | None = None
@@ -147,6 +150,7 @@ def _send_fields(task: TaskMessage) -> dict[str, Any]:
         "text": task.text,
         "conversation_id": task.conversation_id,
         "deadline": task.deadline,
+        "not_before": task.not_before,
         "priority": task.priority,
         "created_at": task.created_at,
         "send_seen": True,
@@ -159,13 +163,16 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
     if isinstance(source, TaskMessage):
         if row is None:
             row = TaskRow(
-                task_id=source.task_id, state="pending", created_at=entry.ts, updated_at=entry.ts
-            )
+                task_id=source.task_id, state=_first_state(source), created_at=entry.ts,
+                updated_at=entry.ts,
+            )  # fmt: skip
             return _with(row, **_send_fields(source))
         updated = max(row.updated_at, entry.ts)
         if row.send_seen:
             return _with(row, updated_at=updated)
-        return _with(row, updated_at=updated, **_send_fields(source))
+        # Events raced ahead of the send: they decide the state, unless none moved it.
+        state = _first_state(source) if row.state == "pending" else row.state
+        return _with(row, updated_at=updated, state=state, **_send_fields(source))
 
     if entry.task_id is None or source.event in ("message", "ack"):
         return row
@@ -248,6 +255,12 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
     else:
         return _with(row, updated_at=updated)
     return _with(row, **{"updated_at": updated, "attempts": attempts, **changes})
+
+
+def _first_state(task: TaskMessage) -> str:
+    """A sent task's state: `scheduled` when it may start only later than its send."""
+    scheduled = task.not_before is not None and task.not_before > task.created_at
+    return "scheduled" if scheduled else "pending"
 
 
 #: Events about one attempt of a task: ignored once a later attempt is known.

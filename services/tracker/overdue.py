@@ -8,9 +8,9 @@ out is the tracker's to settle: it publishes the task from the lease to the pool
 + 1, confirmed), then records `lease_expired`, which makes the row `retrying`. After
 MAX_LEASE_EXPIRIES expiries the task is parked instead, as a crash loop is.
 
-A task still `pending` or `retrying` EXPIRY_GRACE past its deadline ends `expired`: a child
-would not start it now (it checks the deadline itself, with the same event id, so the log keeps
-one entry); the grace covers a child's clock running behind.
+A task still `scheduled`, `pending` or `retrying` EXPIRY_GRACE past its deadline ends
+`expired`: a child would not start it now (it checks the deadline itself, with the same event
+id, so the log keeps one entry); the grace covers a child's clock running behind.
 
 A tracker sweeps only what was overdue at a moment up to which it has recorded every event: it
 sends a marker through its own queue every RELAY_LEASE_SWEEP_EVERY, and sweeps once it has
@@ -55,6 +55,8 @@ MARKER_TYPE = "tracker-marker"
 _MARKER_LOST = timedelta(minutes=1)
 #: Leases, and tasks past their deadline, settled in one sweep at most (each).
 _PER_SWEEP = 100
+#: The states of a task no child runs now: past its deadline, it never will.
+_NOT_STARTED = ("scheduled", "pending", "retrying")
 #: A task is expired by the tracker this long after its deadline (children's clocks may lag).
 EXPIRY_GRACE = timedelta(seconds=5)
 
@@ -129,7 +131,7 @@ class OverdueSweep:
     async def _past_deadline(self, cutoff: datetime) -> list[dict[str, Any]]:
         query = (
             select(_TASKS.c.task_id, _TASKS.c.conversation_id, _TASKS.c.deadline, _TASKS.c.attempts)
-            .where(_TASKS.c.deadline < cutoff, _TASKS.c.state.in_(("pending", "retrying")))
+            .where(_TASKS.c.deadline < cutoff, _TASKS.c.state.in_(_NOT_STARTED))
             .order_by(_TASKS.c.deadline)
             .limit(_PER_SWEEP)
         )

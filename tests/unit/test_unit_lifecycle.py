@@ -509,3 +509,25 @@ def test_a_report_before_its_runs_processing_is_kept() -> None:
     # A handler reports at once; its `processing` goes out after RELAY_PROCESSING_AFTER.
     row = final_row([send(), progress(1, progress=0.2, note="begun"), processing(0.5)])
     assert (row.state, row.progress, row.progress_note) == ("processing", 0.2, "begun")
+
+
+def test_a_task_sent_to_start_later_is_scheduled_until_a_child_takes_it() -> None:
+    scheduled = send(not_before=at(30))
+    row = final_row([scheduled])
+    assert (row.state, row.not_before) == ("scheduled", at(30))
+    assert final_row([scheduled, processing(31)]).state == "processing"
+    assert final_row([scheduled, processing(31), callback(32)]).state == "completed"
+    assert final_row([scheduled, event("cancel", 5, canceled_by="master")]).state == "canceled"
+    assert final_row([scheduled, event("expired", 40, error="late")]).state == "expired"
+    # A not_before at or before the send's own time puts nothing off.
+    assert final_row([send(not_before=at(0))]).state == "pending"
+
+
+def test_a_send_behind_its_events_keeps_their_state_and_is_scheduled_only_if_none_moved_it() -> (
+    None
+):
+    scheduled = send(not_before=at(30))
+    assert final_row([processing(31), scheduled]).state == "processing"
+    assert final_row([callback(32), scheduled]).state == "completed"
+    ahead = event("progress", 1, progress=0.1)  # leaves the row `pending`
+    assert final_row([ahead, scheduled]).state == "scheduled"
