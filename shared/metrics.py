@@ -40,7 +40,8 @@ CALLBACKS_RECEIVED = Counter(
 TASKS = Counter(
     "convbus_tasks_total",
     "Deliveries a child settled, by pool and outcome "
-    "(completed, failed, retried, parked, skipped as already done, requeued, expired)",
+    "(completed, failed, retried, parked, skipped as already done, requeued, expired, canceled, "
+    "put_off: a scheduled task sent to wait again)",
     ["pool", "outcome"],
 )
 TASKS_CONSUMED = Counter(

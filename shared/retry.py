@@ -47,3 +47,9 @@ class RetryPolicies(BaseModel):
         if cmd is not None and cmd in self.cmds:
             return self.cmds[cmd]
         return self.pools.get(pool, self.default)
+
+    def delays_ms(self, pool: str) -> set[int]:
+        """Every wait between attempts a task of `pool` may get (RetryLater's own aside)."""
+        policies = [self.pools.get(pool, self.default), *self.cmds.values()]
+        waits = (p.delay_ms(attempt) for p in policies for attempt in range(1, p.max_retries + 1))
+        return {wait for wait in waits if wait is not None}

@@ -7,8 +7,9 @@ import contextlib
 import enum
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from pydantic import ValidationError
@@ -18,6 +19,7 @@ from services.child.cancels import CancelFeed
 from services.child.handlers import Registry
 from services.child.progress import reporting_to
 from services.child.run_events import Run, RunEvents, RunReports
+from services.child.schedule import STEPS_MS, hop_ms
 from services.child.state import FinishedTasks
 from services.child.threads import HandlerThreads
 from shared import amqp, metrics
@@ -160,6 +162,7 @@ class Worker:
                 "requeued",
                 "expired",
                 "canceled",
+                "put_off",
             )
         }
         self._consumed = metrics.TASKS_CONSUMED.labels(pool)
@@ -223,6 +226,12 @@ class Worker:
         high = await declare_high(
             urgent, self.topo, await declare_core(urgent, self.topo), self.pool
         )
+        # The queues a retry or a scheduled task waits in, before any waits there: RabbitMQ
+        # 3.10 loses what a delay queue declared a moment before it crashed held
+        # (docs/reliability.md, "Delayed start").
+        for delay_ms in sorted({*STEPS_MS, *self.settings.retry.delays_ms(self.pool)}):
+            for priority in (None, "high"):
+                await declare_delay(self._publisher, self.topo, self.pool, delay_ms, priority)
         tags = [(high, await high.consume(self._on_message)),
                 (queue, await queue.consume(self._on_message))]  # fmt: skip
         self._consuming = True
@@ -290,6 +299,8 @@ class Worker:
             self._count["parked"].inc()
             return Verdict.PARK
         with task_context(task.task_id, task.conversation_id):
+            if task.not_before is not None and (ahead := _ahead(task.not_before)) > 0:
+                return await self._put_off(message, task, ahead)
             try:
                 return await self._run_task(message, task)
             finally:
@@ -615,6 +626,47 @@ class Worker:
                 f"deadline {utc_iso(task.deadline)}"
             )
             return await self._expire(task, attempt, reason)
+        headers = {
+            amqp.ATTEMPT_HEADER: attempt + 1,
+            amqp.LAST_ERROR_HEADER: retry.reason[:1000],
+            amqp.REPLAYS_HEADER: (message.headers or {}).get(amqp.REPLAYS_HEADER, 0),
+        }
+        await self._publish_to_wait(message, task, delay_ms, headers)
+        next_at = utcnow() + timedelta(milliseconds=delay_ms)
+        self._count["retried"].inc()
+        # The reason may quote the task's data: it is logged at warning level, not here.
+        log.info("task %s: attempt %d failed; retry at %s", task.task_id, attempt, next_at)
+        # Best effort, like `processing`: the retry itself is already safe in the delay queue,
+        # and requeueing the delivery now would run the task twice.
+        await self._run_events().retried(task, attempt, retry.reason, next_at, firmly=retry.leased)
+        return Verdict.ACK
+
+    async def _put_off(
+        self, message: AbstractIncomingMessage, task: TaskMessage, ahead_s: float
+    ) -> Verdict:
+        """A task whose time has not come waits again in a delay queue (services/child/
+        schedule.py): confirmed, then the delivery acked, so that it is never lost between the
+        two; it keeps its headers (its attempt, its replays). A task cancelled meanwhile is
+        dropped (its `cancel` ended it on the bus already)."""
+        if task.task_id in self.cancels.canceled:
+            log.info("task %s canceled while scheduled: dropped", task.task_id)
+            self._count["canceled"].inc()
+            return Verdict.ACK
+        delay_ms = hop_ms(ahead_s)
+        await self._publish_to_wait(message, task, delay_ms, dict(message.headers or {}))
+        self._count["put_off"].inc()
+        log.debug("task %s scheduled: waits %d ms more", task.task_id, delay_ms)
+        return Verdict.ACK
+
+    async def _publish_to_wait(
+        self,
+        message: AbstractIncomingMessage,
+        task: TaskMessage,
+        delay_ms: int,
+        headers: dict[str, Any],
+    ) -> None:
+        """Publish the task into the pool's delay queue of `delay_ms` (declared again, so that
+        it does not expire), confirmed; it comes back to the pool's queue after that time."""
         assert self._publisher is not None
         with amqp.broker_errors("RabbitMQ did not declare the delay queue in time"):
             async with asyncio.timeout(self.settings.callback_timeout):
@@ -628,20 +680,8 @@ class Worker:
             task.task_id,
             timeout=self.settings.callback_timeout,
             message_type="task",
-            headers={
-                amqp.ATTEMPT_HEADER: attempt + 1,
-                amqp.LAST_ERROR_HEADER: retry.reason[:1000],
-                amqp.REPLAYS_HEADER: (message.headers or {}).get(amqp.REPLAYS_HEADER, 0),
-            },
+            headers=headers,
         )
-        next_at = utcnow() + timedelta(milliseconds=delay_ms)
-        self._count["retried"].inc()
-        # The reason may quote the task's data: it is logged at warning level, not here.
-        log.info("task %s: attempt %d failed; retry at %s", task.task_id, attempt, next_at)
-        # Best effort, like `processing`: the retry itself is already safe in the delay queue,
-        # and requeueing the delivery now would run the task twice.
-        await self._run_events().retried(task, attempt, retry.reason, next_at, firmly=retry.leased)
-        return Verdict.ACK
 
     async def _expire(self, task: TaskMessage, attempt: int | None, reason: str) -> Verdict:
         """End the task `expired`: confirmed, then acked (else it comes back, expired again)."""
@@ -705,6 +745,11 @@ class Worker:
                 message.message_id,
                 exc,
             )
+
+
+def _ahead(moment: datetime) -> float:
+    """Seconds until `moment` by this child's clock (0 or less: it has come)."""
+    return (moment - utcnow()).total_seconds()
 
 
 def _failed(task: TaskMessage, child_id: str, error: str) -> CallbackRequest:

@@ -15,6 +15,7 @@ import pika
 import pytest
 
 from cli.processes import BusProcess, free_port
+from services.child.schedule import STEPS_MS
 from shared.topology import Topology
 
 API_KEY = "test-key-" + uuid.uuid4().hex
@@ -48,8 +49,9 @@ class Namespace:
     amqp_url: str
     #: Pools to delete; the API declares `child` for any task sent there, child or not.
     pools: set[str] = field(default_factory=lambda: {"child"})
-    #: Delays (ms) of the retry queues the test may have made.
-    delays: set[int] = field(default_factory=set)
+    #: Delays (ms) of the retry queues the test may have made, and those of scheduled tasks
+    #: (every child declares them).
+    delays: set[int] = field(default_factory=lambda: set(STEPS_MS))
 
     def add_retry_policy(self, policy_json: str) -> None:
         from shared.retry import RetryPolicies

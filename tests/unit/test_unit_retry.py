@@ -53,3 +53,12 @@ def test_bad_policies_are_refused(monkeypatch: pytest.MonkeyPatch, bad: str) -> 
     monkeypatch.setenv("RELAY_RETRY", bad)
     with pytest.raises(ValidationError):
         ChildSettings()
+
+
+def test_the_waits_of_a_pool_are_its_policys_and_every_commands() -> None:
+    policies = RetryPolicies.model_validate(
+        {"default": {"max_retries": 3}, "pools": {"p": {"max_retries": 2, "backoff": 2}},
+         "cmds": {"c": {"max_retries": 1, "backoff": 0.5}, "never": {"max_retries": 0}}}
+    )  # fmt: skip
+    assert policies.delays_ms("p") == {2000, 8000, 500}
+    assert policies.delays_ms("other") == {1000, 4000, 16000, 500}
