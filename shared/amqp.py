@@ -30,6 +30,10 @@ DEAD_REASON_HEADER = "x-dead-reason"
 PARKED_ID_HEADER = "x-parked-id"
 #: Header of a replayed task: how many times it was replayed.
 REPLAYS_HEADER = "x-replays"
+#: Header of a scheduled task that may have a twin (its hop was delivered again: the first
+#: delivery's copy may be waiting too): 1 while it waits, 2 once given a head start
+#: (services/child/worker.py, Worker._put_off).
+MAYBE_COPY_HEADER = "x-maybe-copy"
 
 
 def header_text(value: object) -> str:

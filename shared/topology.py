@@ -363,9 +363,14 @@ async def declare_high(
 async def declare_delay(
     channel: AbstractChannel, topo: Topology, pool: str, delay_ms: int, priority: str | None = None
 ) -> str:
-    """Declare (again: that keeps it from expiring) a pool's delay queue; its name."""
+    """Declare (again: that keeps it from expiring) a pool's delay queue; its name.
+
+    Not robust: aio-pika would keep an object per declaration and declare each again after a
+    reconnection (one per hop and per retry, for good)."""
     name = topo.delay_queue(pool, delay_ms, priority)
-    await channel.declare_queue(
-        name, durable=True, arguments=topo.delay_queue_arguments(pool, delay_ms, priority)
-    )
+    arguments = topo.delay_queue_arguments(pool, delay_ms, priority)
+    if isinstance(channel, AbstractRobustChannel):
+        await channel.declare_queue(name, durable=True, arguments=arguments, robust=False)
+    else:
+        await channel.declare_queue(name, durable=True, arguments=arguments)
     return name

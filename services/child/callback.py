@@ -32,7 +32,7 @@ IDLE_CONNECTION_SECONDS = 30
 
 
 #: What a child learns of a task before it runs it (CallbackClient.standing).
-Standing = Literal["completed", "leased", "ended"] | None
+Standing = Literal["completed", "leased", "ended", "running"] | None
 
 
 class _Unanswered(Exception):
@@ -77,7 +77,8 @@ class CallbackClient:
     async def standing(self, task_id: str) -> Standing:
         """What the bus records of a task that may have run: `completed`, `leased` (a run of it
         holds a lease that has not expired: another child answers for it), `ended` (canceled
-        or expired: it never runs again), or None (unsure, or none of these).
+        or expired: it never runs again), `running` (processing or retrying, no lease), or
+        None (unsure, or none of these).
 
         Not `failed`: a replayed task reads `failed` until the tracker applies the replay.
         """
@@ -96,6 +97,8 @@ class CallbackClient:
         until = record.lease_until
         if record.task_status == "processing" and until is not None and until > utcnow():
             return "leased"
+        if record.task_status in ("processing", "retrying"):
+            return "running"
         return None
 
     async def read_cancels(self, since: datetime) -> list[str]:

@@ -41,6 +41,7 @@ from shared.retry import RetryPolicy
 from shared.schemas import CallbackRequest, TaskMessage, deadline_missed
 from shared.settings import ChildSettings
 from shared.topology import (
+    DELAY_QUEUE_IDLE_MS,
     Declared,
     Topology,
     declare_core,
@@ -52,6 +53,9 @@ from shared.topology import (
 log = logging.getLogger(__name__)
 
 
+#: How much later than its time a scheduled task's possible twin runs (Worker._put_off): the
+#: twin's run, if there is one, has then begun and is known to the bus.
+COPY_HEAD_START_S = 1.0
 #: A lease not published (the broker away) is tried again after this, up to 10 s.
 _LEASE_BACKOFF = Backoff(first=1.0, factor=2.0, cap=10.0)
 
@@ -226,12 +230,8 @@ class Worker:
         high = await declare_high(
             urgent, self.topo, await declare_core(urgent, self.topo), self.pool
         )
-        # The queues a retry or a scheduled task waits in, before any waits there: RabbitMQ
-        # 3.10 loses what a delay queue declared a moment before it crashed held
-        # (docs/reliability.md, "Delayed start").
-        for delay_ms in sorted({*STEPS_MS, *self.settings.retry.delays_ms(self.pool)}):
-            for priority in (None, "high"):
-                await declare_delay(self._publisher, self.topo, self.pool, delay_ms, priority)
+        await self._declare_waits()
+        keep_waits = asyncio.create_task(self._keep_waits())
         tags = [(high, await high.consume(self._on_message)),
                 (queue, await queue.consume(self._on_message))]  # fmt: skip
         self._consuming = True
@@ -246,6 +246,7 @@ class Worker:
         )
         await self.stop.wait()
         self._consuming = False
+        keep_waits.cancel()
         for consumed, tag in tags:  # no new deliveries; unacked ones return to the queue on close
             await consumed.cancel(tag)
         if self._in_flight:
@@ -259,6 +260,26 @@ class Worker:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _declare_waits(self) -> None:
+        """Declare the queues a retry or a scheduled task of the pool waits in, long before
+        anything waits there: RabbitMQ 3.10 loses what a delay queue declared a moment before
+        it crashed held (docs/reliability.md, "Delayed start")."""
+        assert self._publisher is not None
+        for delay_ms in sorted({*STEPS_MS, *self.settings.retry.delays_ms(self.pool)}):
+            for priority in (None, "high"):
+                await declare_delay(self._publisher, self.topo, self.pool, delay_ms, priority)
+
+    async def _keep_waits(self) -> None:
+        """Declare them again, twice as often as an unused one would expire."""
+        while True:
+            await asyncio.sleep(DELAY_QUEUE_IDLE_MS / 2000)
+            try:
+                async with asyncio.timeout(self.settings.callback_timeout * 4):
+                    await self._declare_waits()
+            except Exception as exc:  # the broker away, a channel closed: the next round
+                # A queue left to expire is no loss: a retry or a hop declares its own again.
+                log.warning("delay queues not declared again (%r): next time", exc)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # aiormq runs this in a task of the channel's, which it cancels when the channel
@@ -301,6 +322,8 @@ class Worker:
         with task_context(task.task_id, task.conversation_id):
             if task.not_before is not None and (ahead := _ahead(task.not_before)) > 0:
                 return await self._put_off(message, task, ahead)
+            if _copy_mark(message) == 1:  # due, and a possible twin: the twin goes first
+                return await self._put_off(message, task, COPY_HEAD_START_S, mark=2)
             try:
                 return await self._run_task(message, task)
             finally:
@@ -317,11 +340,12 @@ class Worker:
             await original.wait()
             outcome = self.finished.get(task.task_id)
         # Nothing was ever called back for a task on its first delivery with a fresh outcome.
-        first = outcome is None and not message.redelivered and attempt == 1
+        copy = _copy_mark(message) is not None
+        first = outcome is None and not message.redelivered and attempt == 1 and not copy
         if outcome is None:
-            may_have_run = message.redelivered or attempt > 1
+            may_have_run = message.redelivered or attempt > 1 or copy
             if (may_have_run or self.cancels.may_be_forgotten(task.created_at)) and (
-                await self._answered_for(task)
+                await self._answered_for(task, copy=copy)
             ):
                 self._count["skipped"].inc()
                 return Verdict.ACK
@@ -363,13 +387,19 @@ class Worker:
         self._count["completed" if status == "done" else "failed"].inc()
         return Verdict.ACK
 
-    async def _answered_for(self, task: TaskMessage) -> bool:
-        """Whether a task delivered again is done, or run by another child under a lease."""
+    async def _answered_for(self, task: TaskMessage, *, copy: bool = False) -> bool:
+        """Whether a task delivered again is done, or run by another child under a lease; for a
+        scheduled task's possible twin (`copy`), also whether the twin runs or ran it."""
         standing = await self.callback.standing(task.task_id)
+        if standing == "running" and not copy:
+            # Maybe this delivery's own run, cut short: RabbitMQ delivered it again to run it.
+            return False
         if standing == "completed":
             log.info("task %s is completed on the bus; not running it again", task.task_id)
         elif standing == "ended":
             log.info("task %s is canceled or expired on the bus; not running it", task.task_id)
+        elif standing == "running":
+            log.info("task %s runs from its twin's delivery; leaving this copy", task.task_id)
         elif standing == "leased":
             # Its delivery was acked for a lease (the ack did not reach RabbitMQ): the lease's
             # holder runs it, or the tracker sends it again once the lease expires.
@@ -642,18 +672,32 @@ class Worker:
         return Verdict.ACK
 
     async def _put_off(
-        self, message: AbstractIncomingMessage, task: TaskMessage, ahead_s: float
+        self,
+        message: AbstractIncomingMessage,
+        task: TaskMessage,
+        ahead_s: float,
+        mark: int | None = None,
     ) -> Verdict:
         """A task whose time has not come waits again in a delay queue (services/child/
         schedule.py): confirmed, then the delivery acked, so that it is never lost between the
         two; it keeps its headers (its attempt, its replays). A task cancelled meanwhile is
-        dropped (its `cancel` ended it on the bus already)."""
+        dropped (its `cancel` ended it on the bus already).
+
+        A hop delivered again may have a twin: the first delivery's copy, published before its
+        ack was lost. Its copies are marked; once due, a marked copy waits COPY_HEAD_START_S
+        more, then runs only if the bus knows of no run (`_answered_for(copy=True)`): the
+        twin's run, should it die, is delivered again from its own delivery."""
         if task.task_id in self.cancels.canceled:
             log.info("task %s canceled while scheduled: dropped", task.task_id)
             self._count["canceled"].inc()
             return Verdict.ACK
+        headers = dict(message.headers or {})
+        if mark is None and message.redelivered and _copy_mark(message) is None:
+            mark = 1
+        if mark is not None:
+            headers[amqp.MAYBE_COPY_HEADER] = mark
         delay_ms = hop_ms(ahead_s)
-        await self._publish_to_wait(message, task, delay_ms, dict(message.headers or {}))
+        await self._publish_to_wait(message, task, delay_ms, headers)
         self._count["put_off"].inc()
         log.debug("task %s scheduled: waits %d ms more", task.task_id, delay_ms)
         return Verdict.ACK
@@ -745,6 +789,12 @@ class Worker:
                 message.message_id,
                 exc,
             )
+
+
+def _copy_mark(message: AbstractIncomingMessage) -> int | None:
+    """The mark of a scheduled task's possible twin (1: waiting, 2: given its head start)."""
+    value = (message.headers or {}).get(amqp.MAYBE_COPY_HEADER)
+    return value if isinstance(value, int) and value in (1, 2) else None
 
 
 def _ahead(moment: datetime) -> float:

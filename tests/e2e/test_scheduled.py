@@ -3,6 +3,7 @@ RabbitMQ, then runs once, never before its time; a cancel and a deadline apply w
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -70,15 +71,8 @@ def test_a_task_canceled_while_scheduled_never_starts(bus: Bus, tmp_path: Path) 
     row = wait_for(lambda: finished(bus, task_id), what="the cancel")
     assert row["task_status"] == "canceled", row
 
-    def dropped() -> bool:  # the child met the task again, and dropped it
-        text = httpx.get(f"http://127.0.0.1:{child.port}/metrics", timeout=5).text
-        return any(
-            line.startswith("convbus_tasks_total{") and 'outcome="canceled"' in line
-            and line.endswith(" 1.0")
-            for line in text.splitlines()
-        )  # fmt: skip
-
-    wait_for(dropped, timeout=30, what="the child to drop the canceled task")
+    # The child met the task again, and dropped it.
+    wait_for(lambda: _metric(child, "canceled") == 1, timeout=30, what="the task to be dropped")
     assert not runs.exists()
     assert [e["event"] for e in logs(bus, task_id=task_id)] == ["send", "cancel"]
 
@@ -131,3 +125,73 @@ def test_a_start_after_the_deadline_or_too_far_ahead_is_refused(bus: Bus) -> Non
     assert send(bus, text="marker").status_code == 200
     wait_for(lambda: any(e.get("text") == "marker" for e in logs(bus)))
     assert {e["task_id"] for e in logs(bus) if e["event"] == "send"} == {past}
+
+
+def _metric(child: Proc, outcome: str) -> float:
+    """The child's count of deliveries settled with `outcome`."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{child.port}/metrics", timeout=5).text
+    except httpx.HTTPError:  # not serving yet
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("convbus_tasks_total{") and f'outcome="{outcome}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _twin(bus: Bus, task_id: str, counter: Path, seconds: float) -> None:
+    """Put a possible twin of the task in its pool's queue, as a child does with a hop that was
+    delivered again (its first delivery's copy, published before the ack was lost, waits too)."""
+    row = _seen(bus, task_id)
+    body = {"task_id": task_id, "from": row["from"], "to": row["to"], "type": "task",
+            "cmd": row["cmd"], "payload": {"counter": str(counter), "seconds": seconds},
+            "created_at": row["created_at"], "not_before": row["not_before"]}  # fmt: skip
+    bus.namespace.publish_raw(
+        bus.namespace.topo.pool_queue("child"),
+        json.dumps(body).encode(),
+        message_id=task_id,
+        type="task",
+        content_type="application/json",
+        headers={"x-attempt": 1, "x-maybe-copy": 1},
+    )
+
+
+@pytest.mark.parametrize("seconds", [0, 4])
+def test_a_possible_twin_of_a_scheduled_task_leaves_it_to_its_twin(
+    bus: Bus, tmp_path: Path, seconds: float
+) -> None:
+    """The twin's run on one child, done (0) or still running (4 s); the marked copy on another
+    child, with a record of its own: it leaves the task. Without the mark it runs it again."""
+    bus.start_tracker()
+    first = _child(bus, RELAY_CONCURRENCY="1", RELAY_PREFETCH="1")
+    bus.start_api()
+    counter = tmp_path / "runs"
+    task_id = send_task(
+        bus, "counted_nap", delay_s=1, payload={"counter": str(counter), "seconds": seconds}
+    )
+    wait_for(lambda: record(bus, task_id)["task_status"] in ("processing", "completed"))
+    if not seconds:
+        first.stop()  # else it takes the copy, and its own record of the run answers
+    (tmp_path / "other").mkdir()
+    other = _child(bus, RELAY_STATE_DIR=str(tmp_path / "other"))
+    _twin(bus, task_id, counter, seconds)
+    wait_for(lambda: _metric(other, "skipped") == 1, timeout=30, what="the copy to be left")
+    row = wait_for(lambda: finished(bus, task_id), timeout=30, what="the task to finish")
+    assert row["task_status"] == "completed" and counter.read_text() == "1"
+
+
+def test_a_possible_twin_with_none_runs_once(bus: Bus, tmp_path: Path) -> None:
+    bus.start_tracker()
+    bus.start_api()
+    counter = tmp_path / "runs"
+    task_id = send_task(bus, "counted_nap", delay_s=1.5, payload={"counter": str(counter)})
+    _seen(bus, task_id)
+    # The child died after taking the task and before its hop's publish: only the copy of the
+    # delivery RabbitMQ gave again waits, marked.
+    bus.namespace.purge(bus.namespace.topo.pool_queue("child"))
+    _twin(bus, task_id, counter, 0)
+    _child(bus)
+    row = wait_for(lambda: finished(bus, task_id), timeout=30, what="the copy to run")
+    assert row["task_status"] == "completed" and counter.read_text() == "1"
+    started = [_at(e["ts"]) for e in logs(bus, task_id=task_id) if e["event"] == "processing"]
+    assert len(started) == 1 and started[0] >= _at(row["not_before"]) + timedelta(seconds=1)

@@ -77,6 +77,13 @@ class Namespace:
         finally:
             channel.connection.close()
 
+    def purge(self, queue: str) -> None:
+        channel = self.channel()
+        try:
+            channel.queue_purge(queue)
+        finally:
+            channel.connection.close()
+
     def publish_raw(self, queue: str, body: bytes, **props: Any) -> None:
         """Put raw bytes straight into a queue (through the default exchange)."""
         channel = self.channel()
