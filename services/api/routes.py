@@ -133,34 +133,38 @@ async def send(request: Request) -> Response:
     return _answer(SendResponse(task_id=task.task_id))
 
 
-def _deadline(body: SendRequest, now: datetime, most_s: float) -> datetime | None:
-    """The task's deadline (`ttl_s` from now, or as given); 422 beyond RELAY_MAX_DEADLINE_S."""
-    if body.ttl_s is not None:
-        deadline = now + timedelta(seconds=body.ttl_s)
-    elif body.deadline is not None:
-        deadline = body.deadline
+def _moment(
+    body: SendRequest, seconds_field: str, at_field: str, now: datetime, most_s: float
+) -> tuple[datetime, str] | None:
+    """A moment a send gives as seconds from now or as a time (neither: None), and the field
+    that gave it; 422 beyond RELAY_MAX_DEADLINE_S."""
+    seconds, at = getattr(body, seconds_field), getattr(body, at_field)
+    if seconds is not None:
+        moment, field = now + timedelta(seconds=seconds), seconds_field
+    elif at is not None:
+        moment, field = at, at_field
     else:
         return None
-    if deadline - now > timedelta(seconds=most_s):
-        field = "ttl_s" if body.ttl_s is not None else "deadline"
+    if moment - now > timedelta(seconds=most_s):
         raise ApiError(422, f"{field}: at most {most_s:g} s ahead (RELAY_MAX_DEADLINE_S)")
-    return deadline
+    return moment, field
+
+
+def _deadline(body: SendRequest, now: datetime, most_s: float) -> datetime | None:
+    """The task's deadline (`ttl_s` from now, or as given)."""
+    given = _moment(body, "ttl_s", "deadline", now, most_s)
+    return given[0] if given is not None else None
 
 
 def _not_before(
     body: SendRequest, now: datetime, most_s: float, deadline: datetime | None
 ) -> datetime | None:
-    """When the task may start (`delay_s` from now, or as given; None: at once); 422 beyond
-    RELAY_MAX_DEADLINE_S, or not before the deadline (it could never start)."""
-    if body.delay_s is not None:
-        not_before = now + timedelta(seconds=body.delay_s)
-    elif body.not_before is not None:
-        not_before = body.not_before
-    else:
+    """When the task may start (`delay_s` from now, or as given; None: at once); 422 when not
+    before the deadline (it could never start)."""
+    given = _moment(body, "delay_s", "not_before", now, most_s)
+    if given is None:
         return None
-    field = "delay_s" if body.delay_s is not None else "not_before"
-    if not_before - now > timedelta(seconds=most_s):
-        raise ApiError(422, f"{field}: at most {most_s:g} s ahead (RELAY_MAX_DEADLINE_S)")
+    not_before, field = given
     if deadline is not None and not_before >= deadline:
         raise ApiError(422, f"{field}: the task may start only after its deadline")
     return not_before if not_before > now else None
