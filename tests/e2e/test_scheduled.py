@@ -14,6 +14,7 @@ import pytest
 from shared.ids import utc_iso
 from tests.support.api import AUTH, finished, logs, record, send, send_task, status
 from tests.support.bus import Bus, Proc, wait_for
+from tests.support.ops import answers, sample
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
@@ -72,7 +73,7 @@ def test_a_task_canceled_while_scheduled_never_starts(bus: Bus, tmp_path: Path) 
     assert row["task_status"] == "canceled", row
 
     # The child met the task again, and dropped it.
-    wait_for(lambda: _metric(child, "canceled") == 1, timeout=30, what="the task to be dropped")
+    wait_for(lambda: _settled(child, "canceled") == 1, timeout=30, what="the task to be dropped")
     assert not runs.exists()
     assert [e["event"] for e in logs(bus, task_id=task_id)] == ["send", "cancel"]
 
@@ -127,16 +128,10 @@ def test_a_start_after_the_deadline_or_too_far_ahead_is_refused(bus: Bus) -> Non
     assert {e["task_id"] for e in logs(bus) if e["event"] == "send"} == {past}
 
 
-def _metric(child: Proc, outcome: str) -> float:
-    """The child's count of deliveries settled with `outcome`."""
-    try:
-        text = httpx.get(f"http://127.0.0.1:{child.port}/metrics", timeout=5).text
-    except httpx.HTTPError:  # not serving yet
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith("convbus_tasks_total{") and f'outcome="{outcome}"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+def _settled(child: Proc, outcome: str) -> float | None:
+    """The child's count of deliveries settled with `outcome` (None before it serves)."""
+    answer = answers(child, "/metrics")
+    return sample(answer.text, "convbus_tasks_total", outcome=outcome) if answer else None
 
 
 def _twin(bus: Bus, task_id: str, counter: Path, seconds: float) -> None:
@@ -175,7 +170,7 @@ def test_a_possible_twin_of_a_scheduled_task_leaves_it_to_its_twin(
     (tmp_path / "other").mkdir()
     other = _child(bus, RELAY_STATE_DIR=str(tmp_path / "other"))
     _twin(bus, task_id, counter, seconds)
-    wait_for(lambda: _metric(other, "skipped") == 1, timeout=30, what="the copy to be left")
+    wait_for(lambda: _settled(other, "skipped") == 1, timeout=30, what="the copy to be left")
     row = wait_for(lambda: finished(bus, task_id), timeout=30, what="the task to finish")
     assert row["task_status"] == "completed" and counter.read_text() == "1"
 
