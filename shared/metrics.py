@@ -35,6 +35,18 @@ CALLBACKS_RECEIVED = Counter(
     "Callbacks answered by the API, by outcome (accepted, or the refusal's HTTP status)",
     ["outcome"],
 )
+API_WAITS = Gauge("convbus_api_waits", "Reads waiting (`?wait=`) for a task to end")
+API_STREAMS = Gauge("convbus_api_streams", "Streams of log entries open (GET /stream)")
+API_STREAMS_DROPPED = Counter(
+    "convbus_api_streams_dropped_total",
+    "Streams closed because their client read more slowly than entries came",
+)
+API_NOTICES = Counter(
+    "convbus_api_commit_notices_total",
+    "Commit notices from the tracker, by outcome (heard; gap: some were missed, so every "
+    "wait and stream read again)",
+    ["outcome"],
+)
 
 # --- child
 TASKS = Counter(

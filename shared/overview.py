@@ -226,6 +226,8 @@ def build_overview(topo: Topology, queues: Iterable[QueueStats], vhost: str = "/
             control.messages += queue.messages
             control.consumers += queue.consumers
             continue
+        if role.kind == "notices":  # one per API process: transient, nothing to show
+            continue
         assert role.pool is not None  # every other kind belongs to a pool
         pool = pools.setdefault(role.pool, PoolOverview(role.pool))
         if role.kind == "pool":

@@ -61,6 +61,24 @@ class Reader:
             rows.reverse()
         return rows
 
+    async def last_log_id(self) -> int:
+        """The id of the newest log entry (0: none)."""
+        async with connection(self.engine) as conn:
+            return int((await conn.execute(select(func.max(_LOG.c.id)))).scalar() or 0)
+
+    async def entries_after(self, after: int, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` log entries after the id `after`, oldest first, each with the
+        conversation of its task (`task_conversation_id`): what a stream filters on."""
+        query = (
+            select(_LOG, _TASKS.c.conversation_id.label("task_conversation_id"))
+            .outerjoin(_TASKS, _LOG.c.task_id == _TASKS.c.task_id)
+            .where(_LOG.c.id > after)
+            .order_by(_LOG.c.id.asc())
+            .limit(limit)
+        )
+        async with connection(self.engine) as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
     async def has_event(self, event_id: str) -> bool:
         """Whether the tracker recorded this event."""
         query = select(_LOG.c.id).where(_LOG.c.event_id == event_id)

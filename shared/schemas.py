@@ -455,3 +455,22 @@ class ErrorResponse(BaseModel):
     status: Literal["error"] = "error"
     msg: str
     errors: list[dict[str, Any]] | None = None
+
+
+class CommitNotice(BaseModel):
+    """What the tracker just committed, on the `committed` fanout (transient, unconfirmed): it
+    wakes the API's waits and streams in every replica, none of which polls the database.
+
+    `seq` counts a tracker run's notices, so a replica that misses one sees the gap and
+    reads again what it waits for.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    #: The tracker run that committed (a new one after each start).
+    tracker: str
+    seq: Annotated[int, Field(ge=1)]
+    #: The highest log entry id committed so far.
+    last_id: int
+    #: The tasks whose row changed.
+    task_ids: list[str]

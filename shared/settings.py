@@ -128,6 +128,15 @@ class ApiSettings(BusSettings):
     max_deadline_s: float = Field(default=30 * 86_400, gt=0)
     #: How long a signed task id the tracker has not seen yet still reads as `pending`.
     pending_grace_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    #: The longest `?wait=` a read may ask for, in seconds.
+    max_wait_s: float = Field(default=60.0, ge=0, le=3600)
+    #: A stream with nothing to say sends a comment this often (proxies close idle connections).
+    stream_keepalive_s: float = Field(default=15.0, gt=0, le=300)
+    #: Entries a stream holds for a client that reads slowly; one more and it is dropped (it
+    #: reconnects with Last-Event-ID and misses nothing).
+    stream_buffer: int = Field(default=1000, ge=10, le=100_000)
+    #: Streams one API process holds open at once; more are refused with 503.
+    max_streams: int = Field(default=2000, ge=1, le=100_000)
 
     @field_validator("id_secret", mode="before")
     @classmethod

@@ -65,7 +65,15 @@ _PARKED_SUFFIX = ".parked"
 _DELAY_SUFFIX = re.compile(r"\.delay\.([0-9]+)$")
 
 QueueKind = Literal[
-    "pool", "parked", "delay", "tracker", "tracker_parked", "control", "high", "high_delay"
+    "pool",
+    "parked",
+    "delay",
+    "tracker",
+    "tracker_parked",
+    "control",
+    "high",
+    "high_delay",
+    "notices",
 ]
 #: A task's priority: `high` ones have their own queue and handler slots in every pool.
 Priority = Literal["normal", "high"]
@@ -107,8 +115,17 @@ class Topology:
         return f"{self.namespace}.dead"
 
     @property
+    def committed_exchange(self) -> str:
+        """Fanout of the tracker's commit notices, to every API replica."""
+        return f"{self.namespace}.committed"
+
+    @property
     def tracker_queue(self) -> str:
         return f"{self.namespace}.tracker"
+
+    def notices_queue(self, unique: str) -> str:
+        """An API replica's own queue of commit notices."""
+        return f"{self.namespace}.committed.api-{unique}"
 
     def control_queue(self, child_id: str, unique: str) -> str:
         """A child's own queue of the events every child hears (`cancel`)."""
@@ -162,6 +179,8 @@ class Topology:
             return QueueRole("tracker_parked")
         if queue.startswith(f"{self.namespace}.control."):
             return QueueRole("control")
+        if queue.startswith(f"{self.committed_exchange}.api-"):
+            return QueueRole("notices")
         if queue.startswith(self._high_prefix):
             rest = queue[len(self._high_prefix) :]
             high = QueueRole("high", rest)
@@ -248,7 +267,7 @@ class Topology:
             queues += [self.pool_queue(pool), self.parked_queue(self.pool_queue(pool))]
             queues += [self.high_queue(pool)]
         exchanges = [self.tasks_exchange, self.events_exchange, self.dead_exchange]
-        return [*exchanges, self.high_tasks_exchange], queues
+        return [*exchanges, self.high_tasks_exchange, self.committed_exchange], queues
 
 
 @dataclass
@@ -374,3 +393,11 @@ async def declare_delay(
     else:
         await channel.declare_queue(name, durable=True, arguments=arguments)
     return name
+
+
+async def declare_committed(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
+    """Declare the fanout of commit notices (the tracker publishes, each API replica listens)."""
+    with _refusals_explained(topo):
+        return await channel.declare_exchange(
+            topo.committed_exchange, ExchangeType.FANOUT, durable=True
+        )

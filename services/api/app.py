@@ -14,6 +14,7 @@ from services.api.auth import KeyRing
 from services.api.bodies import BodySizeLimit, JsonContentType
 from services.api.broker import BrokerLink
 from services.api.cancels import Cancels
+from services.api.commits import CommitFeed
 from services.api.deps import Services
 from services.api.limits import PROGRESS_BURST, PROGRESS_RATE, Limiter
 from services.api.metrics import AnswerCounter
@@ -25,6 +26,7 @@ from shared.ids import TaskIds, derive_secret
 from shared.migrate import require_current
 from shared.readmodel import Reader
 from shared.settings import ApiSettings
+from shared.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             log.error("%s", exc)  # an outdated schema: refuse to start
             await engine.dispose()
             raise
-        broker = BrokerLink(settings)
+        reader = Reader(engine)
+        commits = CommitFeed(Topology(settings.namespace), reader, settings.stream_buffer)
+        broker = BrokerLink(settings, on_connect=commits.start)
         broker.start()
         app.state.services = Services(
             settings=settings,
@@ -62,7 +66,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             auth_failures=Limiter(settings.auth_failure_rate, settings.auth_failure_burst),
             progress_limits=Limiter(PROGRESS_RATE, PROGRESS_BURST),
             broker=broker,
-            reader=Reader(engine),
+            reader=reader,
+            commits=commits,
             send_keys=SendKeys(engine),
             cancels=Cancels(engine),
             ids=TaskIds(derive_secret(secret)),
@@ -70,6 +75,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         try:
             yield
         finally:
+            await commits.close()
             await broker.close()
             await engine.dispose()
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -33,8 +34,14 @@ _DECLARE_ERRORS = (BusError, aiormq.exceptions.AMQPError, RuntimeError, OSError)
 class BrokerLink:
     """Connects in the background (the API serves, answering 503, until RabbitMQ is up)."""
 
-    def __init__(self, settings: ApiSettings) -> None:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        on_connect: Callable[[AbstractRobustConnection], None] | None = None,
+    ) -> None:
         self.settings = settings
+        #: Told of the connection once it is up (it reconnects by itself after that).
+        self.on_connect = on_connect
         self.topo = Topology(settings.namespace)
         self._stop = asyncio.Event()
         self._connection: AbstractRobustConnection | None = None
@@ -73,6 +80,8 @@ class BrokerLink:
             await connection.close()
             raise
         self._connection, self._channel = connection, channel
+        if self.on_connect is not None:
+            self.on_connect(connection)
 
     async def close(self) -> None:
         self._stop.set()

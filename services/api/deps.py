@@ -11,6 +11,7 @@ from fastapi import Depends, Header, Request
 from services.api.auth import KeyRing, Principal
 from services.api.broker import BrokerLink
 from services.api.cancels import Cancels
+from services.api.commits import CommitFeed
 from services.api.errors import UNAUTHORIZED, ApiError
 from services.api.limits import Limiter
 from services.api.send_keys import SendKeys
@@ -32,6 +33,8 @@ class Services:
     progress_limits: Limiter
     broker: BrokerLink
     reader: Reader
+    #: What the tracker commits, as this replica hears it: wakes waits, feeds streams.
+    commits: CommitFeed
     send_keys: SendKeys
     cancels: Cancels
     ids: TaskIds

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+import anyio
+import orjson
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+from starlette.types import Receive, Scope, Send
 
 from services.api import hand_read
 from services.api.auth import Principal
+from services.api.commits import StreamFilter, Subscription
 from services.api.deps import (
     AckKey,
     CallbackKey,
@@ -207,7 +213,7 @@ async def _send_once(
     return SendResponse(task_id=task_id)
 
 
-async def _known(task_id: str, services: Services, *, reserved: bool = False) -> str | None:
+async def _known(task_id: str, services: Services, *, reserved: bool = False) -> str:
     """The task's state; 'pending' if the bus issued it but the tracker has not seen it yet.
 
     `reserved`: a client-chosen id counts once its key is recorded, before RabbitMQ confirmed
@@ -297,18 +303,56 @@ async def ack(body: AckRequest, services: ServicesDep, principal: AckKey) -> Ok:
 
 
 TaskIdPath = Annotated[str, Path(max_length=128)]
+WaitQuery = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        allow_inf_nan=False,
+        description="Seconds to wait for the task to end (completed, failed, expired, canceled) "
+        "before answering; at most RELAY_MAX_WAIT_S. Answers at once when it has ended.",
+    ),
+]
+
+
+def _wait_s(wait: float | None, services: Services) -> float:
+    """The seconds a read may wait (0: none); 422 beyond RELAY_MAX_WAIT_S."""
+    most = services.settings.max_wait_s
+    if wait is not None and wait > most:
+        raise ApiError(400, f"invalid query parameter wait: at most {most:g} s (RELAY_MAX_WAIT_S)")
+    return wait or 0.0
 
 
 @router.get("/task-status/{task_id}", response_model=TaskStatusResponse, responses=_ERRORS)
-async def task_status(task_id: TaskIdPath, services: ServicesDep) -> TaskStatusResponse:
-    """The task's state (seed); never 404 right after a 200 from send."""
-    state: TaskState = await _known(task_id, services)  # type: ignore[assignment]
+async def task_status(
+    task_id: TaskIdPath, services: ServicesDep, wait: WaitQuery = None
+) -> TaskStatusResponse:
+    """The task's state (seed); never 404 right after a 200 from send. With `wait`, answers
+    when the task ends, or with its state when the wait is up."""
+    seconds = _wait_s(wait, services)
+
+    async def read() -> str:
+        return await _known(task_id, services)
+
+    state = await services.commits.wait(task_id, seconds, read, lambda s: s in FINAL_STATES)
     return TaskStatusResponse(task_id=task_id, task_status=state)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskResponse, responses=_ERRORS)
-async def task_record(task_id: TaskIdPath, services: ServicesDep) -> TaskResponse:
-    """The whole record of a task."""
+async def task_record(
+    task_id: TaskIdPath, services: ServicesDep, wait: WaitQuery = None
+) -> TaskResponse:
+    """The whole record of a task; with `wait`, once it ends (or when the wait is up)."""
+    seconds = _wait_s(wait, services)
+
+    async def read() -> TaskResponse:
+        return await _task_response(task_id, services)
+
+    return await services.commits.wait(
+        task_id, seconds, read, lambda task: task.task_status in FINAL_STATES
+    )
+
+
+async def _task_response(task_id: str, services: Services) -> TaskResponse:
     row = await services.reader.task(task_id)
     if row is None:
         state: TaskState = await _known(task_id, services)  # type: ignore[assignment]
@@ -415,19 +459,27 @@ async def progress(
     return Ok()
 
 
-class LogQuery(BaseModel):
-    """The query of GET /logs."""
+LogId = Annotated[int, Field(ge=0, le=MAX_LOG_ID)]
+
+
+class EntryQuery(BaseModel):
+    """The filters of GET /logs and GET /stream."""
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    #: Anything else is the contract's 400 "limit must be an integer from 1 to 1000" (errors.py).
-    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 100
     task_id: FilterText = None
     conversation_id: FilterText = None
     from_: FilterText = Field(default=None, alias="from")
     to: FilterText = None
     event: FilterText = None
-    after: Annotated[int | None, Field(ge=0, le=MAX_LOG_ID)] = None
+    after: LogId | None = None
+
+
+class LogQuery(EntryQuery):
+    """The query of GET /logs."""
+
+    #: Anything else is the contract's 400 "limit must be an integer from 1 to 1000" (errors.py).
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 100
 
 
 async def _may_read_logs(services: ServicesDep, request: Request, key: KeyHeader = None) -> None:
@@ -447,6 +499,80 @@ async def logs(services: ServicesDep, q: Annotated[LogQuery, Query()]) -> Respon
     rows = await services.reader.logs(LogFilter(**where, sender=q.from_, recipient=q.to))
     # Up to 1000 entries: FastAPI would validate them again, then encode them with json.dumps.
     return _answer(LogsResponse(logs=[_entry(r) for r in rows]))
+
+
+_STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    200: {
+        "description": "Server-Sent Events: each log entry as `data` (JSON, as in GET /logs), "
+        "its log id as `id`; a comment line as keep-alive.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+}
+
+
+@router.get(
+    "/stream",
+    responses=_STREAM_DOC,
+    response_class=Response,
+    dependencies=[Depends(_may_read_logs)],
+)
+async def stream(
+    services: ServicesDep,
+    q: Annotated[EntryQuery, Query()],
+    last_event_id: Annotated[LogId | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    """Every log entry passing the filters as it is committed, oldest first, each once.
+
+    `Last-Event-ID` (what an EventSource sends when it reconnects), else `after`: first the
+    entries after that id. Neither: from now on. A client that falls behind by more than
+    RELAY_STREAM_BUFFER entries is disconnected; it reconnects with Last-Event-ID.
+    """
+    settings = services.settings
+    if services.commits.streams >= settings.max_streams:
+        raise ApiError(503, "too many open streams on this API process: retry later")
+    where = StreamFilter(
+        task_id=q.task_id,
+        conversation_id=q.conversation_id,
+        sender=q.from_,
+        recipient=q.to,
+        event=q.event,
+    )
+    after = last_event_id if last_event_id is not None else q.after
+    subscription = await services.commits.subscribe(where, after)
+
+    async def events() -> AsyncIterator[bytes]:
+        async for row in subscription.entries(settings.stream_keepalive_s):
+            if row is None:
+                yield format_sse_event(comment="keep-alive")
+            else:
+                data = orjson.dumps(_entry(row)).decode()
+                yield format_sse_event(data_str=data, id=str(row["id"]))
+
+    return _Stream(subscription, events())
+
+
+class _Stream(EventSourceResponse):
+    """Server-Sent Events until the client goes, or lags so far that it is dropped (then the
+    connection is cut, even while a write to it is stuck)."""
+
+    def __init__(self, subscription: Subscription, content: AsyncIterator[bytes]) -> None:
+        super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.subscription = subscription
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as streaming:
+
+                async def cut_when_dropped() -> None:
+                    await self.subscription.dropped.wait()
+                    streaming.cancel_scope.cancel()
+
+                streaming.start_soon(cut_when_dropped)
+                await super().__call__(scope, receive, send)
+                streaming.cancel_scope.cancel()
+        finally:
+            self.subscription.close()
 
 
 def _entry(row: dict[str, Any]) -> dict[str, Any]:

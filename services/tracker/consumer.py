@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.batching import early_batches
 from services.tracker.lifecycle import Entry
+from services.tracker.notices import CommitNotices
 from services.tracker.overdue import OverdueSweep, is_marker
 from services.tracker.pruning import pruning
 from services.tracker.queue_stats import QueueWatch
@@ -153,6 +154,7 @@ class Tracker:
                 return
             connection = await amqp.connect_with_retry(self.settings, "convbus-tracker", self.stop)
             self._connection = connection
+            store.on_commit = CommitNotices(connection, self.topo).committed
             stats = QueueWatch(connection, self.topo, engine, self.settings.queue_stats_every)
             try:
                 async with stats.running(), pruning(engine, self.settings):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -35,11 +35,17 @@ def _is_unavailable(exc: SQLAlchemyError) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+#: Told after each commit that recorded new entries: the highest log id committed, and the
+#: tasks whose row changed. Log ids grow in commit order: the tracker is the log's one writer.
+OnCommit = Callable[[int, list[str]], Awaitable[None]]
+
+
 class Store:
     """Records entries and applies them to task rows, one transaction per batch."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, on_commit: OnCommit | None = None) -> None:
         self.engine = engine
+        self.on_commit = on_commit
         self._pg = engine.dialect.name == "postgresql"
 
     async def ping(self) -> None:
@@ -65,7 +71,7 @@ class Store:
             async with self.engine.begin() as conn:
                 new_ids = await self._insert_log(conn, unique.values())
                 fresh = [e for e in unique.values() if e.event_id in new_ids]
-                await self._apply_to_tasks(conn, fresh)
+                changed = await self._apply_to_tasks(conn, fresh)
         except SQLAlchemyError as exc:
             if _is_unavailable(exc):
                 raise DatabaseUnavailable(
@@ -76,9 +82,12 @@ class Store:
             raise BadBatch(f"{exc.__class__.__name__}: {exc}") from exc
         except OSError as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc!r}") from exc
+        if fresh and self.on_commit is not None:
+            await self.on_commit(max(new_ids.values()), changed)
         return len(fresh)
 
-    async def _insert_log(self, conn: AsyncConnection, entries: Iterable[Entry]) -> set[str]:
+    async def _insert_log(self, conn: AsyncConnection, entries: Iterable[Entry]) -> dict[str, int]:
+        """Insert the entries not recorded yet; the log id of each, by event id."""
         rows = [
             {
                 "event_id": e.event_id,
@@ -98,15 +107,16 @@ class Store:
             stmt = (
                 sqlite.insert(_LOG)
                 .on_conflict_do_nothing(index_elements=["event_id"])
-                .returning(_LOG.c.event_id)
+                .returning(_LOG.c.event_id, _LOG.c.id)
             )
             result = await conn.execute(stmt, rows)
-        return set(result.scalars().all())
+        return {row.event_id: row.id for row in result}
 
-    async def _apply_to_tasks(self, conn: AsyncConnection, entries: list[Entry]) -> None:
+    async def _apply_to_tasks(self, conn: AsyncConnection, entries: list[Entry]) -> list[str]:
+        """Apply the entries to their tasks' rows; the ids of the rows that changed."""
         task_ids = sorted({e.task_id for e in entries if e.task_id is not None})
         if not task_ids:
-            return
+            return []
         if self._pg:
             found = await conn.execute(_PG_SELECT_TASKS, {"ids": _json(task_ids)})
         else:
@@ -126,7 +136,7 @@ class Store:
         # is the one writer (its queue has a single active consumer).
         changed = [_columns(r) for tid, r in after.items() if before.get(tid) != r]
         if not changed:
-            return
+            return []
         if self._pg:
             await conn.execute(_PG_UPSERT_TASKS, {"rows": _json(changed)})
         else:
@@ -136,6 +146,7 @@ class Store:
                 set_={c: stmt.excluded[c] for c in _TASK_COLUMNS if c != "task_id"},
             )
             await conn.execute(stmt, changed)
+        return [row["task_id"] for row in changed]
 
 
 def _columns(row: TaskRow) -> dict[str, Any]:
@@ -175,7 +186,7 @@ def _json(value: Any) -> str:
 
 _LOG_COLUMNS = [c.name for c in _LOG.columns if c.name != "id"]
 _PG_INSERT_LOG = _json_rows_insert(
-    _LOG, _LOG_COLUMNS, "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    _LOG, _LOG_COLUMNS, "ON CONFLICT (event_id) DO NOTHING RETURNING event_id, id"
 )
 _PG_UPSERT_TASKS = _json_rows_insert(
     _TASKS,

@@ -8,6 +8,8 @@ Rules of the clock, which the fields' descriptions state and JSON Schema cannot:
 And the pairs of which a send takes one (a deadline or a `ttl_s`, a not_before or a `delay_s`):
 a valid case keeps the first of each pair.
 
+And reads that may wait (`wait`): a valid case waits at most 0.2 s.
+
 Only cases meant to be valid are changed; those meant to be refused are sent as made.
 """
 
@@ -43,6 +45,9 @@ def map_case(context: Any, case: Any) -> Any:
     body = case.body
     meta = case.meta
     positive = meta is None or meta.generation.mode == GenerationMode.POSITIVE
+    query = case.query
+    if positive and isinstance(query, dict) and _number(query.get("wait")):
+        case.query = {**query, "wait": min(query["wait"], 0.2)}
     if not (positive and isinstance(body, dict)):
         return case
     body = dict(body)

@@ -152,6 +152,25 @@ BAD_REQUESTS: list[tuple[str, dict[str, str], bytes, int]] = [
     ("/api/relay/ack", JSON, b'{"ack_by": "master"}', 400),
 ]
 
+#: Reads with a bad parameter: (path, query, headers, expected status); the key is added.
+BAD_READS: list[tuple[str, dict[str, str], dict[str, str], int]] = [
+    ("/api/relay/task-status/t_x", {"wait": "-1"}, {}, 400),
+    ("/api/relay/task-status/t_x", {"wait": "soon"}, {}, 400),
+    ("/api/relay/task-status/t_x", {"wait": "nan"}, {}, 400),
+    ("/api/relay/task-status/t_x", {"wait": "inf"}, {}, 400),
+    ("/api/relay/task-status/t_x", {"wait": "3601"}, {}, 400),
+    ("/api/relay/tasks/t_x", {"wait": "1e9"}, {}, 400),
+    ("/api/relay/tasks/t_x", {"wait": "-0.5"}, {}, 400),
+    ("/api/relay/stream", {"after": "-1"}, {}, 400),
+    ("/api/relay/stream", {"after": "x"}, {}, 400),
+    ("/api/relay/stream", {"after": str(2**64)}, {}, 400),
+    ("/api/relay/stream", {"limit": "5"}, {}, 400),
+    ("/api/relay/stream", {"task_id": "t" * 129}, {}, 400),
+    ("/api/relay/stream", {}, {"Last-Event-ID": "seven"}, 400),
+    ("/api/relay/stream", {}, {"Last-Event-ID": "-3"}, 400),
+    ("/api/relay/stream", {}, {"X-Relay-API-Key": "wrong"}, 401),
+]
+
 
 def test_bad_requests_get_the_contract_error_and_publish_nothing(bus: Bus) -> None:
     bus.start_tracker()
@@ -174,6 +193,11 @@ def test_bad_requests_get_the_contract_error_and_publish_nothing(bus: Bus) -> No
             missing = client.get(path)
             assert missing.status_code == 404 and missing.json()["status"] == "error"
         assert client.get("/api/relay/send").status_code == 405
+        for path, query, headers, expected in BAD_READS:
+            response = client.get(path, params=query, headers={**AUTH, **headers})
+            assert response.status_code == expected, (path, query, headers, response.text[:300])
+            answer = response.json()
+            assert answer["status"] == "error" and answer["msg"] and "detail" not in answer
 
         # A marker: once it is in the log, everything sent before it is too; it must be alone.
         marker = client.post(

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.contract import API_KEY_HEADER, LOGS_PATH, SEND_PATH
+from shared.contract import API_KEY_HEADER, LOGS_PATH, SEND_PATH, STREAM_PATH
 from shared.topology import Topology
 from tests.support.bus import API_KEY, Bus, wait_for
 
@@ -61,6 +61,9 @@ def schemathesis(bus: Bus, report_dir: Path) -> subprocess.CompletedProcess[str]
         "--generation-database", "none",  # every run from its seed (printed) alone
         "--report", "ndjson", "--report-dir", str(report_dir),
         "--no-color", "--output-truncate", "false",
+        # A stream answers for as long as the client stays: tests/e2e/test_stream.py and
+        # test_bad_input.py test it.
+        "--exclude-path", STREAM_PATH,
     ]  # fmt: skip
     hooks = {"SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("schemathesis_hooks.py"))}
     return subprocess.run(

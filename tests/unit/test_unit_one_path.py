@@ -68,6 +68,7 @@ def bus_app() -> FastAPI:
         progress_limits=Limiter(0, 1),
         broker=cast(Any, Unreachable()),
         reader=cast(Any, Unreachable()),
+        commits=cast(Any, Unreachable()),
         send_keys=cast(Any, Unreachable()),
         cancels=cast(Any, Unreachable()),
         ids=cast(Any, Unreachable()),

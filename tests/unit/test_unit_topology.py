@@ -160,7 +160,7 @@ def test_no_priority_argument_anywhere(topo: Topology) -> None:
 
 def test_names_lists_what_cleanup_deletes(topo: Topology) -> None:
     exchanges, queues = topo.names(["child", "child_bazi"])
-    assert exchanges == ["ns1.tasks", "ns1.events", "ns1.dead", "ns1.tasks.high"]
+    assert exchanges == ["ns1.tasks", "ns1.events", "ns1.dead", "ns1.tasks.high", "ns1.committed"]
     assert queues == [
         "ns1.tracker",
         "ns1.tracker.parked",
@@ -175,7 +175,7 @@ def test_names_lists_what_cleanup_deletes(topo: Topology) -> None:
 
 def test_names_without_pools_still_lists_the_core(topo: Topology) -> None:
     exchanges, queues = topo.names([])
-    assert len(exchanges) == 4
+    assert len(exchanges) == 5
     assert queues == ["ns1.tracker", "ns1.tracker.parked"]
 
 

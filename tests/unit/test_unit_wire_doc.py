@@ -280,7 +280,7 @@ def test_the_exchanges_and_bindings_match_the_topology() -> None:
     by_header = {tuple(table.header): table for table in tables()}
     exchanges = by_header[("exchange", "type", "routing key of what is published to it")]
     said = {fill(row[0].strip("`"), 1000): row[1] for row in exchanges.rows}
-    assert said == dict.fromkeys(TOPO.names([])[0], "topic")
+    assert said == {**dict.fromkeys(TOPO.names([])[0], "topic"), TOPO.committed_exchange: "fanout"}
 
     pool_queue = TOPO.pool_queue(POOL)
     expected = {
@@ -300,6 +300,7 @@ def test_the_exchanges_and_bindings_match_the_topology() -> None:
         "high_delay": (set(), set()),
         "tracker_parked": ({TOPO.dead_exchange}, {TOPO.parked_queue(TOPO.tracker_queue)}),
         "control": ({TOPO.events_exchange}, set(CONTROL_EVENTS)),
+        "notices": ({TOPO.committed_exchange}, set()),
     }
     queues = by_header[("queue", "bound to", "binding key")]
     kinds = []
