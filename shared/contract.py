@@ -33,3 +33,6 @@ TASK_STATUS_PATH = f"{API_PREFIX}/task-status"
 TASKS_PATH = f"{API_PREFIX}/tasks"
 CANCELS_PATH = f"{API_PREFIX}/cancels"
 STREAM_PATH = f"{API_PREFIX}/stream"
+
+#: Log entry ids are 64-bit (BIGINT, SQLite's INTEGER): a larger one the database refuses.
+MAX_LOG_ID = 2**63 - 1

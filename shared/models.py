@@ -77,6 +77,8 @@ class TaskBase(SQLModel):
     #: The handler's last progress report: a fraction from 0 to 1, and its words.
     progress: float | None = Field(default=None, sa_column=Column(Float))
     progress_note: str | None = Field(default=None, sa_column=Column(Text))
+    #: The log entry that ended the task (its outcome, in its sender's inbox).
+    outcome_id: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
 class Task(TaskBase, table=True):
@@ -101,6 +103,14 @@ class Task(TaskBase, table=True):
             "lease_until",
             postgresql_where=text("lease_until IS NOT NULL"),
             sqlite_where=text("lease_until IS NOT NULL"),
+        ),
+        # A sender's inbox: the outcomes of the tasks it sent.
+        Index(
+            "ix_tasks_sender_outcome",
+            "sender",
+            "outcome_id",
+            postgresql_where=text("outcome_id IS NOT NULL"),
+            sqlite_where=text("outcome_id IS NOT NULL"),
         ),
     )
 
@@ -178,3 +188,15 @@ class Cancel(SQLModel, table=True):
     task_id: str = Field(sa_column=Column(String(128), primary_key=True))
     canceled_by: str = Field(sa_column=Column(String(64), nullable=False))
     created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class InboxCursor(SQLModel, table=True):
+    """How far a party has acknowledged reading its inbox (POST /inbox/{name}/ack), recorded
+    by the API: a client that restarts reads on from there."""
+
+    __tablename__ = "inbox_cursors"
+
+    name: str = Field(sa_column=Column(String(64), primary_key=True))
+    #: Every entry of the inbox up to this log id was read.
+    acked_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))

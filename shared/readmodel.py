@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, func, select, union
+from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, func, select, union
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import connection
@@ -21,7 +21,8 @@ _LOG = LogEntry.__table__  # type: ignore[attr-defined]
 
 @dataclass(frozen=True)
 class LogFilter:
-    """The filters of GET /logs."""
+    """The filters of GET /logs. `recipient`: the entries sent to it, and the outcomes of the
+    tasks it sent (what is addressed to it)."""
 
     limit: int = 100
     task_id: str | None = None
@@ -68,9 +69,15 @@ class Reader:
 
     async def entries_after(self, after: int, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` log entries after the id `after`, oldest first, each with the
-        conversation of its task (`task_conversation_id`): what a stream filters on."""
+        conversation and sender of its task and the id of its task's outcome (`task_…`): what
+        a stream filters on."""
         query = (
-            select(_LOG, _TASKS.c.conversation_id.label("task_conversation_id"))
+            select(
+                _LOG,
+                _TASKS.c.conversation_id.label("task_conversation_id"),
+                _TASKS.c.sender.label("task_sender"),
+                _TASKS.c.outcome_id.label("task_outcome_id"),
+            )
             .outerjoin(_TASKS, _LOG.c.task_id == _TASKS.c.task_id)
             .where(_LOG.c.id > after)
             .order_by(_LOG.c.id.asc())
@@ -78,6 +85,14 @@ class Reader:
         )
         async with connection(self.engine) as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def inbox(self, name: str, after: int, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` entries of `name`'s inbox after the id `after`, oldest first: the
+        messages sent to it and the outcomes of the tasks it sent."""
+        query = select(_LOG).where(_LOG.c.id.in_(_inbox_ids(name, after, limit)))
+        async with connection(self.engine) as conn:
+            rows = [dict(r._mapping) for r in await conn.execute(query.order_by(_LOG.c.id))]
+        return rows
 
     async def has_event(self, event_id: str) -> bool:
         """Whether the tracker recorded this event."""
@@ -110,18 +125,51 @@ def logs_query(f: LogFilter) -> Select[Any]:
         where.append(_LOG.c.task_id == f.task_id)
     if f.sender is not None:
         where.append(_LOG.c.sender == f.sender)
-    if f.recipient is not None:
-        where.append(_LOG.c.recipient == f.recipient)
     if f.event is not None:
         where.append(_LOG.c.event == f.event)
     if f.after is not None:
         where.append(_LOG.c.id > f.after)
     order = _LOG.c.id.asc() if f.after is not None else _LOG.c.id.desc()
+    newest = f.after is None
+    if f.recipient is not None:
+        # Limited here only when nothing narrows it further.
+        limit = f.limit if f.conversation_id is None else None
+        where = [_LOG.c.id.in_(_addressed_ids(f.recipient, where, newest, limit))]
     if f.conversation_id is not None:
-        where = [
-            _LOG.c.id.in_(_conversation_ids(f.conversation_id, where, f.after is None, f.limit))
-        ]
+        where = [_LOG.c.id.in_(_conversation_ids(f.conversation_id, where, newest, f.limit))]
     return select(_LOG).where(*where).order_by(order).limit(f.limit)
+
+
+def _outcome_ids(sender: str) -> Select[Any]:
+    """The log ids of the outcomes of the tasks `sender` sent (ix_tasks_sender_outcome)."""
+    return select(_TASKS.c.outcome_id).where(
+        _TASKS.c.sender == sender, _TASKS.c.outcome_id.is_not(None)
+    )
+
+
+def _addressed_ids(
+    name: str, where: list[ColumnElement[bool]], newest: bool, limit: int | None
+) -> Select[Any]:
+    """Ids of the entries addressed to `name` matching `where`: those sent to it, and the
+    outcomes of the tasks it sent; the first or last `limit` (None: all). Two index lookups,
+    as for a conversation."""
+    sent_to = select(_LOG.c.id).where(_LOG.c.recipient == name, *where)
+    outcomes = select(_LOG.c.id).where(_LOG.c.id.in_(_outcome_ids(name)), *where)
+    ids = union(sent_to, outcomes).subquery("addressed")
+    query = select(ids.c.id)
+    if limit is None:
+        return query
+    return query.order_by(ids.c.id.desc() if newest else ids.c.id.asc()).limit(limit)
+
+
+def _inbox_ids(name: str, after: int, limit: int) -> Select[Any]:
+    """Ids of `name`'s inbox after `after`: messages sent to it, outcomes of its tasks."""
+    messages = select(_LOG.c.id).where(
+        and_(_LOG.c.recipient == name, _LOG.c.event == "message", _LOG.c.id > after)
+    )
+    outcomes = select(_LOG.c.id).where(_LOG.c.id.in_(_outcome_ids(name)), _LOG.c.id > after)
+    ids = union(messages, outcomes).subquery("inbox")
+    return select(ids.c.id).order_by(ids.c.id.asc()).limit(limit)
 
 
 def _conversation_ids(

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from shared.contract import IDENT_PATTERN, NAME_PATTERN
+from shared.contract import IDENT_PATTERN, MAX_LOG_ID, NAME_PATTERN
 from shared.ids import TASK_PREFIX, utc_iso
 from shared.topology import RESERVED_POOL_PATTERN, Priority, Topology
 
@@ -370,6 +370,14 @@ class AckRequest(BaseModel):
     ack_by: Name = "master"
 
 
+class InboxAckRequest(BaseModel):
+    """POST /api/relay/inbox/{name}/ack: every entry of the inbox up to `up_to` was read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    up_to: Annotated[int, Field(ge=0, le=MAX_LOG_ID)]
+
+
 class Ok(BaseModel):
     """A plain success."""
 
@@ -449,6 +457,22 @@ class LogsResponse(Ok):
     logs: list[dict[str, Any]]
 
 
+class InboxResponse(Ok):
+    """GET /api/relay/inbox/{name}: entries oldest first, as in GET /logs."""
+
+    name: str
+    entries: list[dict[str, Any]]
+    #: Every entry up to this log id was acknowledged (POST …/ack); without `after`, the
+    #: entries are those after it.
+    acked: int
+
+
+class InboxAckResponse(Ok):
+    """The answer to an inbox's ack: how far it is acknowledged now."""
+
+    acked: int
+
+
 class ErrorResponse(BaseModel):
     """Every error the API answers."""
 
@@ -474,3 +498,5 @@ class CommitNotice(BaseModel):
     last_id: int
     #: The tasks whose row changed.
     task_ids: list[str]
+    #: The parties whose inbox got an entry (a message's recipient, an ended task's sender).
+    inboxes: list[str] = []

@@ -16,6 +16,7 @@ from services.api.broker import BrokerLink
 from services.api.cancels import Cancels
 from services.api.commits import CommitFeed
 from services.api.deps import Services
+from services.api.inboxes import InboxCursors
 from services.api.limits import PROGRESS_BURST, PROGRESS_RATE, Limiter
 from services.api.metrics import AnswerCounter
 from services.api.routes import hand_read_router, router
@@ -70,6 +71,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             commits=commits,
             send_keys=SendKeys(engine),
             cancels=Cancels(engine),
+            inbox_cursors=InboxCursors(engine),
             ids=TaskIds(derive_secret(secret)),
         )
         try:

@@ -45,6 +45,11 @@ _FOLLOW_ERRORS = (BusError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeEr
 _DB_RETRY_S = 1.0
 
 
+def inbox_key(name: str) -> str:
+    """What a wait on `name`'s inbox waits for (a task id never holds a `/`)."""
+    return f"inbox/{name}"
+
+
 @dataclass(frozen=True)
 class StreamFilter:
     """The filters of GET /stream: those of GET /logs, without `limit`."""
@@ -61,10 +66,14 @@ class StreamFilter:
         for field, column in (
             (self.task_id, "task_id"),
             (self.sender, "sender"),
-            (self.recipient, "recipient"),
             (self.event, "event"),
         ):
             if field is not None and row[column] != field:
+                return False
+        if self.recipient is not None and self.recipient != row["recipient"]:
+            # An outcome is addressed to the task's sender.
+            outcome = row["task_outcome_id"] == row["id"]
+            if not (outcome and row["task_sender"] == self.recipient):
                 return False
         wanted = self.conversation_id
         return wanted is None or wanted in (row["conversation_id"], row["task_conversation_id"])
@@ -188,8 +197,8 @@ class CommitFeed:
             self._missed()
             return
         metrics.API_NOTICES.labels("heard").inc()
-        for task_id in notice.task_ids:
-            for changed in self._waiters.get(task_id, ()):
+        for key in [*notice.task_ids, *map(inbox_key, notice.inboxes)]:
+            for changed in self._waiters.get(key, ()):
                 changed.set()
         self._more.set()
 
@@ -204,20 +213,20 @@ class CommitFeed:
 
     async def wait(
         self,
-        task_id: str,
+        key: str,
         seconds: float,
         read: Callable[[], Awaitable[T]],
         done: Callable[[T], bool],
     ) -> T:
         """`read()` once it is `done`, or when `seconds` are up; read again only when a notice
-        names the task (or some may have been missed)."""
+        names `key` (a task id, or an inbox's `inbox_key`), or some may have been missed."""
         if seconds <= 0:
             return await read()
         loop = asyncio.get_running_loop()
         until = loop.time() + seconds
         changed = asyncio.Event()
         # Listening before the first read: a commit between the read and the wait still wakes it.
-        self._waiters.setdefault(task_id, set()).add(changed)
+        self._waiters.setdefault(key, set()).add(changed)
         metrics.API_WAITS.inc()
         try:
             while True:
@@ -231,10 +240,10 @@ class CommitFeed:
                         await changed.wait()
         finally:
             metrics.API_WAITS.dec()
-            waiting = self._waiters[task_id]
+            waiting = self._waiters[key]
             waiting.discard(changed)
             if not waiting:
-                del self._waiters[task_id]
+                del self._waiters[key]
 
     # --- streams
 

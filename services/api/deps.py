@@ -13,6 +13,7 @@ from services.api.broker import BrokerLink
 from services.api.cancels import Cancels
 from services.api.commits import CommitFeed
 from services.api.errors import UNAUTHORIZED, ApiError
+from services.api.inboxes import InboxCursors
 from services.api.limits import Limiter
 from services.api.send_keys import SendKeys
 from shared.contract import API_KEY_HEADER
@@ -37,6 +38,7 @@ class Services:
     commits: CommitFeed
     send_keys: SendKeys
     cancels: Cancels
+    inbox_cursors: InboxCursors
     ids: TaskIds
 
 
@@ -90,6 +92,12 @@ def _scope(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     return check
 
 
+async def _any_key(request: Request, key: KeyHeader = None) -> Principal:
+    return authenticate(services_of(request), request, key)
+
+
+#: Any valid key, whatever its scopes (the route decides what its holder may read).
+AnyKey = Annotated[Principal, Depends(_any_key)]
 AckKey = Annotated[Principal, Depends(_scope("send", "callback"))]
 CallbackKey = Annotated[Principal, Depends(_scope("callback"))]
 CancelKey = Annotated[Principal, Depends(_scope("send", "admin"))]

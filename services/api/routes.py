@@ -17,9 +17,10 @@ from starlette.types import Receive, Scope, Send
 
 from services.api import hand_read
 from services.api.auth import Principal
-from services.api.commits import StreamFilter, Subscription
+from services.api.commits import StreamFilter, Subscription, inbox_key
 from services.api.deps import (
     AckKey,
+    AnyKey,
     CallbackKey,
     CancelKey,
     KeyHeader,
@@ -36,6 +37,8 @@ from shared.contract import (
     IDEMPOTENCY_KEY_HEADER,
     IDENT_PATTERN,
     MAX_LIMIT,
+    MAX_LOG_ID,
+    NAME_PATTERN,
 )
 from shared.errors import DatabaseUnavailable
 from shared.ids import (
@@ -56,6 +59,9 @@ from shared.schemas import (
     CancelsResponse,
     ErrorResponse,
     Event,
+    InboxAckRequest,
+    InboxAckResponse,
+    InboxResponse,
     LogsResponse,
     Ok,
     ProgressRequest,
@@ -82,8 +88,6 @@ _SEND_FIELDS = {
 _LATER_FIELDS = ("timeout_s", "deadline", "ttl_s", "priority", "not_before", "delay_s")
 JSON = "application/json"
 FilterText = Annotated[str | None, Field(max_length=128)]
-#: Log entry ids are 64-bit (BIGINT, SQLite's INTEGER): a larger `after` the database refuses.
-MAX_LOG_ID = 2**63 - 1
 
 
 _IDEMPOTENCY_KEY = TypeAdapter(Annotated[str | None, StringConstraints(pattern=IDENT_PATTERN)])
@@ -312,6 +316,10 @@ WaitQuery = Annotated[
         "before answering; at most RELAY_MAX_WAIT_S. Answers at once when it has ended.",
     ),
 ]
+_WAIT_DOC = (
+    "Seconds to wait for an entry when there is none yet; at most RELAY_MAX_WAIT_S. Answers at "
+    "once when there is one."
+)
 
 
 def _wait_s(wait: float | None, services: Services) -> float:
@@ -573,6 +581,57 @@ class _Stream(EventSourceResponse):
                 streaming.cancel_scope.cancel()
         finally:
             self.subscription.close()
+
+
+NamePath = Annotated[str, Path(pattern=NAME_PATTERN)]
+
+
+class InboxQuery(BaseModel):
+    """The query of GET /inbox/{name}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    after: LogId | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 100
+    wait: Annotated[float | None, Field(ge=0, allow_inf_nan=False, description=_WAIT_DOC)] = None
+
+
+def _may_use_inbox(principal: Principal, name: str, *scopes: str) -> None:
+    """403 unless the key is `name`'s own, or has one of `scopes`."""
+    if principal.name != name and not principal.scopes.intersection(scopes):
+        raise ApiError(403, f"Forbidden: this key reads only its own inbox ({principal.name!r})")
+
+
+@router.get("/inbox/{name}", response_model=InboxResponse, responses=_ERRORS)
+async def inbox(
+    name: NamePath, services: ServicesDep, principal: AnyKey, q: Annotated[InboxQuery, Query()]
+) -> Response:
+    """What is addressed to `name`: the messages sent to it and the outcomes of the tasks it
+    sent, oldest first; after `after`, else after what it acknowledged. With `wait`, answers
+    as soon as there is one. Its own key, or a `read` or `admin` key."""
+    _may_use_inbox(principal, name, "read", "admin")
+    seconds = _wait_s(q.wait, services)
+    acked = await services.inbox_cursors.acked(name)
+    start = q.after if q.after is not None else acked
+
+    async def read() -> list[dict[str, Any]]:
+        return await services.reader.inbox(name, start, q.limit)
+
+    rows = await services.commits.wait(inbox_key(name), seconds, read, bool)
+    return _answer(InboxResponse(name=name, entries=[_entry(r) for r in rows], acked=acked))
+
+
+@router.post("/inbox/{name}/ack", response_model=InboxAckResponse, responses=_ERRORS)
+async def inbox_ack(
+    name: NamePath, body: InboxAckRequest, services: ServicesDep, principal: AnyKey
+) -> Response:
+    """`name` read its inbox up to the log id `up_to`: a read without `after` starts after it.
+    Acknowledging less than before changes nothing. Its own key, or an `admin` key."""
+    _may_use_inbox(principal, name, "admin")
+    if body.up_to > await services.reader.last_log_id():
+        raise ApiError(422, "up_to: beyond the newest log entry")
+    acked = await services.inbox_cursors.ack(name, body.up_to, utcnow())
+    return _answer(InboxAckResponse(acked=acked))
 
 
 def _entry(row: dict[str, Any]) -> dict[str, Any]:

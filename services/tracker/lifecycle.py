@@ -121,6 +121,8 @@ class TaskRow:
     lease_until: datetime | None = None
     progress: float | None = None
     progress_note: str | None = None
+    #: The log id of the entry that ended the task (set by the store, which knows log ids).
+    outcome_id: int | None = None
 
     @property
     def final(self) -> bool:
@@ -128,6 +130,14 @@ class TaskRow:
 
 
 _ROW_FIELDS = frozenset(f.name for f in fields(TaskRow))
+
+
+def with_outcome(before: TaskRow | None, after: TaskRow, log_id: int) -> TaskRow:
+    """`after`, marked with the log id of the entry that turned `before` into it if that entry
+    ended the task (its outcome, which goes to the sender's inbox)."""
+    if after.final and (before is None or not before.final):
+        return _with(after, outcome_id=log_id)
+    return after
 
 
 def _with(row: TaskRow, **changes: Any) -> TaskRow:

@@ -14,6 +14,7 @@ import logging
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
+from services.tracker.store import Committed
 from shared.ids import new_run_id
 from shared.schemas import CommitNotice
 from shared.topology import Topology, declare_committed
@@ -35,10 +36,16 @@ class CommitNotices:
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
 
-    async def committed(self, last_id: int, task_ids: list[str]) -> None:
+    async def committed(self, committed: Committed) -> None:
         """Tell the API replicas; never raises (a lost notice is a gap, not an error)."""
         self.seq += 1  # counted even when lost: the next one shows the gap
-        notice = CommitNotice(tracker=self.run, seq=self.seq, last_id=last_id, task_ids=task_ids)
+        notice = CommitNotice(
+            tracker=self.run,
+            seq=self.seq,
+            last_id=committed.last_id,
+            task_ids=committed.task_ids,
+            inboxes=committed.inboxes,
+        )
         message = aio_pika.Message(
             notice.model_dump_json().encode(),
             content_type="application/json",

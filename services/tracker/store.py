@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.tracker.lifecycle import Entry, TaskRow, apply
+from services.tracker.lifecycle import Entry, TaskRow, apply, with_outcome
 from shared.errors import DatabaseUnavailable
 from shared.models import LogEntry, Task
 
@@ -35,9 +35,21 @@ def _is_unavailable(exc: SQLAlchemyError) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-#: Told after each commit that recorded new entries: the highest log id committed, and the
-#: tasks whose row changed. Log ids grow in commit order: the tracker is the log's one writer.
-OnCommit = Callable[[int, list[str]], Awaitable[None]]
+@dataclasses.dataclass(frozen=True)
+class Committed:
+    """What one commit recorded (what the API's waits and streams are told)."""
+
+    #: The highest log id committed. Log ids grow in commit order: the tracker is the log's
+    #: one writer.
+    last_id: int
+    #: The tasks whose row changed.
+    task_ids: list[str]
+    #: The parties whose inbox got an entry: a message's recipient, an ended task's sender.
+    inboxes: list[str]
+
+
+#: Told after each commit that recorded new entries.
+OnCommit = Callable[[Committed], Awaitable[None]]
 
 
 class Store:
@@ -71,7 +83,7 @@ class Store:
             async with self.engine.begin() as conn:
                 new_ids = await self._insert_log(conn, unique.values())
                 fresh = [e for e in unique.values() if e.event_id in new_ids]
-                changed = await self._apply_to_tasks(conn, fresh)
+                changed, outcomes_to = await self._apply_to_tasks(conn, fresh, new_ids)
         except SQLAlchemyError as exc:
             if _is_unavailable(exc):
                 raise DatabaseUnavailable(
@@ -83,7 +95,9 @@ class Store:
         except OSError as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc!r}") from exc
         if fresh and self.on_commit is not None:
-            await self.on_commit(max(new_ids.values()), changed)
+            messaged = {e.recipient for e in fresh if e.event == "message" and e.recipient}
+            inboxes = sorted(messaged | outcomes_to)
+            await self.on_commit(Committed(max(new_ids.values()), changed, inboxes))
         return len(fresh)
 
     async def _insert_log(self, conn: AsyncConnection, entries: Iterable[Entry]) -> dict[str, int]:
@@ -112,11 +126,14 @@ class Store:
             result = await conn.execute(stmt, rows)
         return {row.event_id: row.id for row in result}
 
-    async def _apply_to_tasks(self, conn: AsyncConnection, entries: list[Entry]) -> list[str]:
-        """Apply the entries to their tasks' rows; the ids of the rows that changed."""
+    async def _apply_to_tasks(
+        self, conn: AsyncConnection, entries: list[Entry], log_ids: dict[str, int]
+    ) -> tuple[list[str], set[str]]:
+        """Apply the entries to their tasks' rows: the ids of the rows that changed, and the
+        senders of the tasks that ended (each row keeps the log id of its outcome)."""
         task_ids = sorted({e.task_id for e in entries if e.task_id is not None})
         if not task_ids:
-            return []
+            return [], set()
         if self._pg:
             found = await conn.execute(_PG_SELECT_TASKS, {"ids": _json(task_ids)})
         else:
@@ -128,15 +145,20 @@ class Store:
         for entry in entries:
             if entry.task_id is None:
                 continue
-            new = apply(after.get(entry.task_id), entry)
+            old = after.get(entry.task_id)
+            new = apply(old, entry)
             if new is not None:
-                after[entry.task_id] = new
+                after[entry.task_id] = with_outcome(old, new, log_ids[entry.event_id])
+        ended = {
+            r.sender for tid, r in after.items() if r.outcome_id is not None and r.sender
+            and (tid not in before or before[tid].outcome_id != r.outcome_id)
+        }  # fmt: skip
         # One upsert for new and changed rows alike (an executemany of updates costs a round
         # trip per row). It overwrites what it read in this transaction: right while the tracker
         # is the one writer (its queue has a single active consumer).
         changed = [_columns(r) for tid, r in after.items() if before.get(tid) != r]
         if not changed:
-            return []
+            return [], ended
         if self._pg:
             await conn.execute(_PG_UPSERT_TASKS, {"rows": _json(changed)})
         else:
@@ -146,7 +168,7 @@ class Store:
                 set_={c: stmt.excluded[c] for c in _TASK_COLUMNS if c != "task_id"},
             )
             await conn.execute(stmt, changed)
-        return [row["task_id"] for row in changed]
+        return [row["task_id"] for row in changed], ended
 
 
 def _columns(row: TaskRow) -> dict[str, Any]:
