@@ -449,6 +449,9 @@ class TaskResponse(BaseModel):
     #: A run past the child's hold (RELAY_HOLD_DELIVERY): the child's lease runs until then,
     #: renewed by its heartbeats; once past, the tracker sends the task again.
     lease_until: datetime | None = None
+    #: Fields left out (null above) for a reader who is not the task's own: its payload, text,
+    #: result, error and progress note go to its sender, its pool's key and operators.
+    withheld: list[str] | None = None
 
 
 class LogsResponse(Ok):

@@ -105,6 +105,9 @@ class ApiSettings(BusSettings):
     keys_file: str | None = None
     #: Open GET /logs without a key (the seed's behaviour); default: only in dev mode.
     public_logs: bool | None = None
+    #: GET /tasks/{id} shows payload, text, result and error to anyone with the id; default:
+    #: only in dev mode (otherwise to the task's sender, its pool's key and operators).
+    public_tasks: bool | None = None
     #: Sends a second per key (token bucket, per API process; 0: no limit), and the burst.
     send_rate: float = Field(default=2000.0, ge=0)
     send_burst: float = Field(default=4000.0, ge=1)

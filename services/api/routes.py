@@ -15,7 +15,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 from starlette.types import Receive, Scope, Send
 
-from services.api import hand_read
+from services.api import hand_read, visibility
 from services.api.auth import Principal
 from services.api.commits import StreamFilter, Subscription, inbox_key
 from services.api.deps import (
@@ -26,7 +26,7 @@ from services.api.deps import (
     KeyHeader,
     Services,
     ServicesDep,
-    authorized,
+    authenticate,
     services_of,
 )
 from services.api.errors import ApiError
@@ -347,25 +347,39 @@ async def task_status(
 
 @router.get("/tasks/{task_id}", response_model=TaskResponse, responses=_ERRORS)
 async def task_record(
-    task_id: TaskIdPath, services: ServicesDep, wait: WaitQuery = None
+    task_id: TaskIdPath,
+    services: ServicesDep,
+    request: Request,
+    wait: WaitQuery = None,
+    key: KeyHeader = None,
 ) -> TaskResponse:
-    """The whole record of a task; with `wait`, once it ends (or when the wait is up)."""
+    """The record of a task; with `wait`, once it ends (or when the wait is up). Its payload,
+    text, result and error only to its sender, its pool's key and operators (or to anyone
+    with RELAY_PUBLIC_TASKS); to others they are `withheld`."""
     seconds = _wait_s(wait, services)
+    principal = authenticate(services, request, key) if key is not None else None
 
     async def read() -> TaskResponse:
-        return await _task_response(task_id, services)
+        return await _task_response(task_id, services, principal)
 
     return await services.commits.wait(
         task_id, seconds, read, lambda task: task.task_status in FINAL_STATES
     )
 
 
-async def _task_response(task_id: str, services: Services) -> TaskResponse:
+async def _task_response(
+    task_id: str, services: Services, principal: Principal | None
+) -> TaskResponse:
     row = await services.reader.task(task_id)
     if row is None:
         state: TaskState = await _known(task_id, services)  # type: ignore[assignment]
         return TaskResponse(task_id=task_id, task_status=state)
+    withheld = None
+    if not visibility.sees_whole_task(principal, row, services.settings):
+        withheld = [f for f in visibility.PRIVATE_TASK_FIELDS if row[f] is not None]
+        row = {**row, **dict.fromkeys(withheld)}
     return TaskResponse(
+        withheld=withheld or None,
         task_id=row["task_id"],
         from_=row["sender"],
         to=row["recipient"],
@@ -490,19 +504,36 @@ class LogQuery(EntryQuery):
     limit: Annotated[int, Field(ge=1, le=MAX_LIMIT)] = 100
 
 
-async def _may_read_logs(services: ServicesDep, request: Request, key: KeyHeader = None) -> None:
-    """Logs carry payloads and user text: the `read` scope, unless they are public."""
-    public = services.settings.public_logs
-    if public if public is not None else services.settings.dev_mode:
-        return
-    authorized(request, key, "read")
+async def _log_reader(
+    services: ServicesDep, request: Request, key: KeyHeader = None
+) -> Principal | None:
+    """Who reads the log (entries carry payloads and user text): None when it is public (dev
+    mode, RELAY_PUBLIC_LOGS), else the key's holder (401 without one)."""
+    if visibility.logs_are_public(services.settings):
+        return None
+    return authenticate(services, request, key)
 
 
-@router.get(
-    "/logs", response_model=LogsResponse, responses=_ERRORS, dependencies=[Depends(_may_read_logs)]
-)
-async def logs(services: ServicesDep, q: Annotated[LogQuery, Query()]) -> Response:
-    """The last `limit` log entries, oldest first; or, with `after`, the next ones."""
+LogReaderKey = Annotated[Principal | None, Depends(_log_reader)]
+
+
+async def _check_entries(reader: Principal | None, q: EntryQuery, services: Services) -> None:
+    """403 unless the key may read what the filters select (an operator's: anything)."""
+    if reader is not None:
+        await visibility.check_entries(
+            reader, services.reader, sender=q.from_, recipient=q.to, task_id=q.task_id,
+            conversation_id=q.conversation_id,
+        )  # fmt: skip
+
+
+@router.get("/logs", response_model=LogsResponse, responses=_ERRORS)
+async def logs(
+    services: ServicesDep, q: Annotated[LogQuery, Query()], reader: LogReaderKey
+) -> Response:
+    """The last `limit` log entries, oldest first; or, with `after`, the next ones. An
+    operator's key (`read`, `admin`) reads every entry; any other key its own (its name as
+    `from` or `to`, one of its tasks, a conversation it takes part in)."""
+    await _check_entries(reader, q, services)
     where = q.model_dump(exclude={"from_", "to"})
     rows = await services.reader.logs(LogFilter(**where, sender=q.from_, recipient=q.to))
     # Up to 1000 entries: FastAPI would validate them again, then encode them with json.dumps.
@@ -523,19 +554,21 @@ _STREAM_DOC: dict[int | str, dict[str, Any]] = {
     "/stream",
     responses=_STREAM_DOC,
     response_class=Response,
-    dependencies=[Depends(_may_read_logs)],
 )
 async def stream(
     services: ServicesDep,
     q: Annotated[EntryQuery, Query()],
+    reader: LogReaderKey,
     last_event_id: Annotated[LogId | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
     """Every log entry passing the filters as it is committed, oldest first, each once.
 
     `Last-Event-ID` (what an EventSource sends when it reconnects), else `after`: first the
     entries after that id. Neither: from now on. A client that falls behind by more than
-    RELAY_STREAM_BUFFER entries is disconnected; it reconnects with Last-Event-ID.
+    RELAY_STREAM_BUFFER entries is disconnected; it reconnects with Last-Event-ID. Who reads
+    what: as GET /logs.
     """
+    await _check_entries(reader, q, services)
     settings = services.settings
     if services.commits.streams >= settings.max_streams:
         raise ApiError(503, "too many open streams on this API process: retry later")

@@ -33,7 +33,7 @@ def status(bus: Bus, task_id: str) -> str:
 
 
 def record(bus: Bus, task_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{bus.api}/api/relay/tasks/{task_id}", timeout=5)
+    response = httpx.get(f"{bus.api}/api/relay/tasks/{task_id}", headers=AUTH, timeout=5)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
