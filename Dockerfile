@@ -44,6 +44,6 @@ COPY --from=build /opt/convbus /opt/convbus
 USER 10001:10001
 WORKDIR /var/lib/convbus
 
-# The API; the child's and the tracker's /healthz, /readyz and /metrics (RELAY_OPS_PORT).
-EXPOSE 8008 8010 8011
+# The API; the child's, the tracker's and the webhooks' /healthz, /readyz and /metrics (RELAY_OPS_PORT).
+EXPOSE 8008 8010 8011 8012
 CMD ["convbus", "api", "--host", "0.0.0.0", "--port", "8008"]

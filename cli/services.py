@@ -59,6 +59,21 @@ def cmd_child(args: argparse.Namespace) -> None:
     run(main())
 
 
+def cmd_webhooks(args: argparse.Namespace) -> None:
+    """A child of the bus's own pool: it delivers the webhooks the tracker records."""
+    from services.child.webhooks import handlers
+    from services.child.worker import Worker
+    from shared.topology import WEBHOOK_POOL
+
+    given = {"concurrency": args.concurrency} if args.concurrency is not None else {}
+    worker = Worker(settings(ChildSettings, **given), WEBHOOK_POOL, handlers)
+
+    async def main() -> None:
+        await until_signalled(worker.stop, asyncio.ensure_future(worker.run()))
+
+    run(main())
+
+
 def cmd_tracker(args: argparse.Namespace) -> None:
     from services.tracker.consumer import Tracker
 
@@ -98,6 +113,11 @@ def cmd_up(args: argparse.Namespace) -> None:
                     {**env, "RELAY_OPS_PORT": str(child_port)},
                 )
             )
+    if api.webhook_hosts:  # webhooks on: their deliveries need a child of their own
+        child_port = ops_port and ops_port + len(procs) - 1
+        procs.append(
+            BusProcess.start("webhooks", ["webhooks"], {**env, "RELAY_OPS_PORT": str(child_port)})
+        )
     stopping = False
 
     def stop(*_: Any) -> None:
@@ -134,6 +154,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="most handlers run at once, sync or async (RELAY_CONCURRENCY, default 2000)",
     )  # fmt: skip
     child.set_defaults(func=cmd_child)
+
+    webhooks = sub.add_parser(
+        "webhooks", help="deliver the webhooks of tasks sent with `notify` (a child of _webhooks)"
+    )
+    webhooks.add_argument(
+        "--concurrency", type=whole_number, metavar="N",
+        help="most deliveries at once (RELAY_CONCURRENCY, default 2000)",
+    )  # fmt: skip
+    webhooks.set_defaults(func=cmd_webhooks)
 
     tracker = sub.add_parser("tracker", help="record the bus's events in the database")
     tracker.set_defaults(func=cmd_tracker)

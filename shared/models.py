@@ -79,6 +79,8 @@ class TaskBase(SQLModel):
     progress_note: str | None = Field(default=None, sa_column=Column(Text))
     #: The log entry that ended the task (its outcome, in its sender's inbox).
     outcome_id: int | None = Field(default=None, sa_column=Column(BigInteger))
+    #: The send's `notify`: where a webhook goes, and for which changes of state.
+    notify: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonColumn))
 
 
 class Task(TaskBase, table=True):
@@ -200,3 +202,16 @@ class InboxCursor(SQLModel, table=True):
     #: Every entry of the inbox up to this log id was read.
     acked_id: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class WebhookOutbox(SQLModel, table=True):
+    """Webhook deliveries the tracker recorded (in the transaction of the change they report)
+    and has not yet seen RabbitMQ confirm: it publishes them, then deletes them here, so that a
+    crash in between loses none (the delivery's id makes a second publish harmless)."""
+
+    __tablename__ = "webhook_outbox"
+
+    task_id: str = Field(sa_column=Column(String(128), primary_key=True))
+    #: The delivery task, as published (TaskMessage JSON).
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))

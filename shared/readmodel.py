@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, func, or_, sel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import connection
+from shared.ids import utc_iso
 from shared.models import LogEntry, Task
 
 _TASKS = Task.__table__  # type: ignore[attr-defined]
@@ -124,6 +125,23 @@ class Reader:
     async def ping(self) -> None:
         async with connection(self.engine) as conn:
             await conn.execute(select(1))
+
+
+def public_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """A log entry as readers get it (GET /logs, the stream, an inbox, a webhook): its columns
+    under the contract's names, then the event's other fields; no nulls."""
+    entry: dict[str, Any] = {
+        "id": row["id"],
+        "event": row["event"],
+        "ts": utc_iso(row["ts"]),
+        "task_id": row["task_id"],
+        "conversation_id": row["conversation_id"],
+        "from": row["sender"],
+        "to": row["recipient"],
+    }
+    for key, value in (row["data"] or {}).items():
+        entry.setdefault(key, value)
+    return {k: v for k, v in entry.items() if v is not None}
 
 
 def state_now(state: str, not_before: datetime | None) -> str:

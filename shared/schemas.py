@@ -190,6 +190,30 @@ class _NoNul(BaseModel):
         return self
 
 
+#: The changes of a task's state a webhook may be sent for (the final ones by default).
+NotifyEvent = Literal["processing", "retrying", "completed", "failed", "expired", "canceled"]
+WebhookUrl = Annotated[
+    str, StringConstraints(pattern=r"^https?://[^\s/?#]+[^\s]*$", max_length=2048)
+]
+
+
+#: What a webhook is sent for when `notify` names no events: the task's end.
+NOTIFY_BY_DEFAULT: list[NotifyEvent] = ["completed", "failed", "expired", "canceled"]
+
+
+class Notify(BaseModel):
+    """A task's webhook: POSTed, signed, to `url` when the task enters one of `events`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: WebhookUrl = Field(
+        description="http(s) URL whose host is among RELAY_WEBHOOK_HOSTS (422 otherwise)"
+    )
+    events: Annotated[list[NotifyEvent], Field(min_length=1, max_length=6)] = Field(
+        default_factory=lambda: list(NOTIFY_BY_DEFAULT)
+    )
+
+
 class SendFields(_NoNul):
     """The fields of a send that a task or a message carries (the seed's request body)."""
 
@@ -219,6 +243,8 @@ class SendFields(_NoNul):
         "most RELAY_MAX_DEADLINE_S (30 days) ahead, before the deadline if there is one: 422 "
         "otherwise. A time already past: the task starts at once.",
     )
+    #: A webhook for the task's changes of state (docs/wire.md, "Webhooks").
+    notify: Notify | None = None
 
 
 def _send_rules(schema: dict[str, Any]) -> None:
@@ -233,7 +259,7 @@ def _send_rules(schema: dict[str, Any]) -> None:
 
 
 #: Fields of a send that only a task may have.
-_TASK_ONLY = ("timeout_s", "deadline", "ttl_s", "priority", "not_before", "delay_s")
+_TASK_ONLY = ("timeout_s", "deadline", "ttl_s", "priority", "not_before", "delay_s", "notify")
 
 #: A client-chosen task id: the bus's own `t_…` ids are not the client's to choose (422).
 ClientTaskId = Annotated[Ident, Field(json_schema_extra={"not": {"pattern": f"^{TASK_PREFIX}"}})]

@@ -54,6 +54,12 @@ class BusSettings(BaseSettings):
     #: `text`: readable lines; `json`: one JSON object a line (for log collectors).
     log_format: Literal["text", "json"] = "text"
 
+    #: Hosts a task's webhook (`notify.url`) may go to: comma-separated `host` or `host:port`
+    #: (empty: webhooks off, a send with `notify` is refused).
+    webhook_hosts: str = ""
+    #: Signs every webhook (HMAC-SHA256); the receivers hold it too.
+    webhook_secret: SecretStr | None = None
+
     @field_validator("api_key", "management_url", mode="before")
     @classmethod
     def _empty_key_is_unset(cls, value: object) -> object:

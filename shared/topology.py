@@ -49,6 +49,9 @@ POOL_PATTERN = re.compile(NAME_PATTERN)
 #: Schema pattern too: the OpenAPI of a send says it).
 RESERVED_POOL_PATTERN = r"(^|\.)(parked|delay)(\.|$)"
 _RESERVED_POOL = re.compile(RESERVED_POOL_PATTERN)
+#: The bus's own pool: webhook deliveries, which the tracker sends (`convbus webhooks` serves
+#: it). No client sends a task there.
+WEBHOOK_POOL = "_webhooks"
 #: A message delivered this many times without an ack (crash loops) is set aside.
 DELIVERY_LIMIT = 20
 #: Parked messages are read (and returned) by `convbus dlq list`; RabbitMQ 4 would otherwise

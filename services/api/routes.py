@@ -31,6 +31,7 @@ from services.api.deps import (
 )
 from services.api.errors import ApiError
 from services.api.hand_read import HandReadRoute
+from shared import webhooks
 from shared.contract import (
     API_PREFIX,
     FIRST_CALLBACK_HEADER,
@@ -46,10 +47,9 @@ from shared.ids import (
     callback_event_id,
     cancel_event_id,
     new_event_id,
-    utc_iso,
     utcnow,
 )
-from shared.readmodel import LogFilter
+from shared.readmodel import LogFilter, public_entry
 from shared.schemas import (
     FINAL_STATES,
     AckRequest,
@@ -73,6 +73,7 @@ from shared.schemas import (
     TaskState,
     TaskStatusResponse,
 )
+from shared.topology import WEBHOOK_POOL
 
 router = APIRouter(prefix=API_PREFIX)
 #: Send and callback, the two requests every task makes: their endpoints read their own request.
@@ -82,10 +83,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _SEND_FIELDS = {
     "from_", "to", "type", "cmd", "payload", "text", "conversation_id", "timeout_s", "deadline",
-    "priority", "not_before",
+    "priority", "not_before", "notify",
 }  # fmt: skip
 #: Send fields added after idempotent sends were (the body's hash leaves them out when unset).
-_LATER_FIELDS = ("timeout_s", "deadline", "ttl_s", "priority", "not_before", "delay_s")
+_LATER_FIELDS = (
+    "timeout_s", "deadline", "ttl_s", "priority", "not_before", "delay_s", "notify",
+)  # fmt: skip
 JSON = "application/json"
 FilterText = Annotated[str | None, Field(max_length=128)]
 
@@ -113,6 +116,12 @@ async def send(request: Request) -> Response:
         raise ApiError(403, f"Forbidden: this key sends as {principal.name!r} only")
     if body.type == "task" and not principal.may_serve(body.to):
         raise ApiError(403, f"Forbidden: this key may not send to pool {body.to!r}")
+    if body.type == "task" and body.to == WEBHOOK_POOL:
+        raise ApiError(422, f"to: {WEBHOOK_POOL} is the bus's own pool (webhook deliveries)")
+    if body.notify is not None:
+        hosts = webhooks.allowed_hosts(services.settings.webhook_hosts)
+        if (why := webhooks.refusal(body.notify.url, hosts)) is not None:
+            raise ApiError(422, f"notify.url: {why}")
     if wait := services.send_limits.take(principal.name):
         raise ApiError(429, "Too many sends for this key: retry later", {"Retry-After": str(wait)})
     now = utcnow()
@@ -292,6 +301,10 @@ async def _check_pool(principal: Principal, task_id: str, services: Services) ->
         known = await services.send_keys.find(f"task/{task_id}")
         if known is not None and known.pool in principal.pools:
             return
+        if known is None:  # a webhook delivery: the tracker recorded it before publishing it
+            task = await services.reader.task(task_id)
+            if task is not None and task["recipient"] in principal.pools:
+                return
     raise ApiError(403, "Forbidden: this key may not call back tasks of that pool")
 
 
@@ -537,7 +550,7 @@ async def logs(
     where = q.model_dump(exclude={"from_", "to"})
     rows = await services.reader.logs(LogFilter(**where, sender=q.from_, recipient=q.to))
     # Up to 1000 entries: FastAPI would validate them again, then encode them with json.dumps.
-    return _answer(LogsResponse(logs=[_entry(r) for r in rows]))
+    return _answer(LogsResponse(logs=[public_entry(r) for r in rows]))
 
 
 _STREAM_DOC: dict[int | str, dict[str, Any]] = {
@@ -587,7 +600,7 @@ async def stream(
             if row is None:
                 yield format_sse_event(comment="keep-alive")
             else:
-                data = orjson.dumps(_entry(row)).decode()
+                data = orjson.dumps(public_entry(row)).decode()
                 yield format_sse_event(data_str=data, id=str(row["id"]))
 
     return _Stream(subscription, events())
@@ -651,7 +664,7 @@ async def inbox(
         return await services.reader.inbox(name, start, q.limit)
 
     rows = await services.commits.wait(inbox_key(name), seconds, read, bool)
-    return _answer(InboxResponse(name=name, entries=[_entry(r) for r in rows], acked=acked))
+    return _answer(InboxResponse(name=name, entries=[public_entry(r) for r in rows], acked=acked))
 
 
 @router.post("/inbox/{name}/ack", response_model=InboxAckResponse, responses=_ERRORS)
@@ -665,18 +678,3 @@ async def inbox_ack(
         raise ApiError(422, "up_to: beyond the newest log entry")
     acked = await services.inbox_cursors.ack(name, body.up_to, utcnow())
     return _answer(InboxAckResponse(acked=acked))
-
-
-def _entry(row: dict[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "id": row["id"],
-        "event": row["event"],
-        "ts": utc_iso(row["ts"]),
-        "task_id": row["task_id"],
-        "conversation_id": row["conversation_id"],
-        "from": row["sender"],
-        "to": row["recipient"],
-    }
-    for key, value in (row["data"] or {}).items():
-        entry.setdefault(key, value)
-    return {k: v for k, v in entry.items() if v is not None}

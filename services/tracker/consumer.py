@@ -21,6 +21,7 @@ from services.tracker.pruning import pruning
 from services.tracker.queue_stats import QueueWatch
 from services.tracker.store import BadBatch, Store
 from services.tracker.subscription import Subscription
+from services.tracker.webhooks import Outbox
 from shared import amqp, metrics
 from shared.backoff import Backoff, retry
 from shared.db import make_engine
@@ -183,6 +184,8 @@ class Tracker:
         self._subscription = subscription
         log.info("tracker consuming %s", self.topo.tracker_queue)
         overdue = OverdueSweep(connection, store, self.topo)
+        outbox = Outbox(connection, store.engine, self.topo)
+        await outbox.flush()  # what a tracker that stopped had recorded and not published
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + self.settings.lease_sweep_every
         try:
@@ -194,8 +197,12 @@ class Tracker:
                     if (caught_up_at := overdue.saw(batch)) is not None:
                         # Between batches: the sweep's writes never race this tracker's own.
                         await overdue.sweep(caught_up_at)
+                if store.deliveries_recorded:
+                    store.deliveries_recorded = False
+                    await outbox.flush()
                 if loop.time() >= next_sweep:
                     await overdue.mark()
+                    await outbox.flush()  # what a failed flush left
                     next_sweep = loop.time() + self.settings.lease_sweep_every
         finally:
             await overdue.close()

@@ -123,6 +123,8 @@ class TaskRow:
     progress_note: str | None = None
     #: The log id of the entry that ended the task (set by the store, which knows log ids).
     outcome_id: int | None = None
+    #: The send's webhook (`Notify` as JSON).
+    notify: dict[str, Any] | None = None
 
     @property
     def final(self) -> bool:
@@ -162,6 +164,7 @@ def _send_fields(task: TaskMessage) -> dict[str, Any]:
         "deadline": task.deadline,
         "not_before": task.not_before,
         "priority": task.priority,
+        "notify": task.notify.model_dump() if task.notify is not None else None,
         "created_at": task.created_at,
         "send_seen": True,
     }

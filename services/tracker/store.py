@@ -15,13 +15,17 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.tracker.lifecycle import Entry, TaskRow, apply, with_outcome
+from services.tracker.webhooks import delivery_for, outbox_rows
 from shared.errors import DatabaseUnavailable
-from shared.models import LogEntry, Task
+from shared.ids import utcnow
+from shared.models import LogEntry, Task, WebhookOutbox
+from shared.schemas import TaskMessage
 
 log = logging.getLogger(__name__)
 
 _LOG = LogEntry.__table__  # type: ignore[attr-defined]
 _TASKS = Task.__table__  # type: ignore[attr-defined]
+_OUTBOX = WebhookOutbox.__table__  # type: ignore[attr-defined]
 _TASK_COLUMNS = [f.name for f in dataclasses.fields(TaskRow)]
 
 
@@ -52,12 +56,26 @@ class Committed:
 OnCommit = Callable[[Committed], Awaitable[None]]
 
 
+@dataclasses.dataclass
+class _Applied:
+    """What applying entries to their tasks' rows did."""
+
+    #: The tasks whose row changed.
+    changed: list[str] = dataclasses.field(default_factory=list)
+    #: The senders of the tasks that ended.
+    ended: set[str] = dataclasses.field(default_factory=set)
+    #: The webhook deliveries the changes call for.
+    deliveries: list[TaskMessage] = dataclasses.field(default_factory=list)
+
+
 class Store:
     """Records entries and applies them to task rows, one transaction per batch."""
 
     def __init__(self, engine: AsyncEngine, on_commit: OnCommit | None = None) -> None:
         self.engine = engine
         self.on_commit = on_commit
+        #: Set when a commit recorded webhook deliveries (the tracker then publishes them).
+        self.deliveries_recorded = False
         self._pg = engine.dialect.name == "postgresql"
 
     async def ping(self) -> None:
@@ -83,7 +101,9 @@ class Store:
             async with self.engine.begin() as conn:
                 new_ids = await self._insert_log(conn, unique.values())
                 fresh = [e for e in unique.values() if e.event_id in new_ids]
-                changed, outcomes_to = await self._apply_to_tasks(conn, fresh, new_ids)
+                applied = await self._apply_to_tasks(conn, fresh, new_ids)
+                if applied.deliveries:
+                    await self._record_deliveries(conn, applied, new_ids)
         except SQLAlchemyError as exc:
             if _is_unavailable(exc):
                 raise DatabaseUnavailable(
@@ -94,11 +114,27 @@ class Store:
             raise BadBatch(f"{exc.__class__.__name__}: {exc}") from exc
         except OSError as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc!r}") from exc
+        if applied.deliveries:
+            self.deliveries_recorded = True
         if fresh and self.on_commit is not None:
             messaged = {e.recipient for e in fresh if e.event == "message" and e.recipient}
-            inboxes = sorted(messaged | outcomes_to)
-            await self.on_commit(Committed(max(new_ids.values()), changed, inboxes))
+            inboxes = sorted(messaged | applied.ended)
+            await self.on_commit(Committed(max(new_ids.values()), applied.changed, inboxes))
         return len(fresh)
+
+    async def _record_deliveries(
+        self, conn: AsyncConnection, applied: _Applied, log_ids: dict[str, int]
+    ) -> None:
+        """Record the deliveries as tasks (their send, their row) and in the outbox, in the
+        transaction of the changes they report: a callback of a delivery finds it recorded."""
+        sends = [Entry.from_task(d) for d in applied.deliveries]
+        new_ids = await self._insert_log(conn, sends)
+        own = await self._apply_to_tasks(conn, [e for e in sends if e.event_id in new_ids], new_ids)
+        log_ids.update(new_ids)
+        applied.changed += own.changed
+        rows = outbox_rows([d for d in applied.deliveries if d.task_id in new_ids], utcnow())
+        if rows:
+            await conn.execute(_OUTBOX.insert(), rows)
 
     async def _insert_log(self, conn: AsyncConnection, entries: Iterable[Entry]) -> dict[str, int]:
         """Insert the entries not recorded yet; the log id of each, by event id."""
@@ -128,12 +164,12 @@ class Store:
 
     async def _apply_to_tasks(
         self, conn: AsyncConnection, entries: list[Entry], log_ids: dict[str, int]
-    ) -> tuple[list[str], set[str]]:
-        """Apply the entries to their tasks' rows: the ids of the rows that changed, and the
-        senders of the tasks that ended (each row keeps the log id of its outcome)."""
+    ) -> _Applied:
+        """Apply the entries to their tasks' rows (each keeps the log id of its outcome)."""
+        applied = _Applied()
         task_ids = sorted({e.task_id for e in entries if e.task_id is not None})
         if not task_ids:
-            return [], set()
+            return applied
         if self._pg:
             found = await conn.execute(_PG_SELECT_TASKS, {"ids": _json(task_ids)})
         else:
@@ -148,8 +184,11 @@ class Store:
             old = after.get(entry.task_id)
             new = apply(old, entry)
             if new is not None:
-                after[entry.task_id] = with_outcome(old, new, log_ids[entry.event_id])
-        ended = {
+                log_id = log_ids[entry.event_id]
+                after[entry.task_id] = with_outcome(old, new, log_id)
+                if (delivery := delivery_for(old, new, entry, log_id)) is not None:
+                    applied.deliveries.append(delivery)
+        applied.ended = {
             r.sender for tid, r in after.items() if r.outcome_id is not None and r.sender
             and (tid not in before or before[tid].outcome_id != r.outcome_id)
         }  # fmt: skip
@@ -158,7 +197,7 @@ class Store:
         # is the one writer (its queue has a single active consumer).
         changed = [_columns(r) for tid, r in after.items() if before.get(tid) != r]
         if not changed:
-            return [], ended
+            return applied
         if self._pg:
             await conn.execute(_PG_UPSERT_TASKS, {"rows": _json(changed)})
         else:
@@ -168,7 +207,8 @@ class Store:
                 set_={c: stmt.excluded[c] for c in _TASK_COLUMNS if c != "task_id"},
             )
             await conn.execute(stmt, changed)
-        return [row["task_id"] for row in changed], ended
+        applied.changed = [row["task_id"] for row in changed]
+        return applied
 
 
 def _columns(row: TaskRow) -> dict[str, Any]:

@@ -66,9 +66,10 @@ SETTINGS: dict[str, type[BusSettings]] = {
     "child": ChildSettings,
     "tracker": TrackerSettings,
     "migrate": BusSettings,
+    "webhooks": ChildSettings,
 }
 #: The bus services that run until stopped, and serve /readyz and /metrics.
-LONG_RUNNING = {"api", "tracker", "child"}
+LONG_RUNNING = {"api", "tracker", "child", "webhooks"}
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +257,7 @@ def test_every_variable_is_documented_in_the_readme_deploy_section() -> None:
 
 def test_every_bus_service_runs_a_convbus_command_that_parses(config: dict[str, Any]) -> None:
     services = bus_services(config)
-    assert set(services) == {"migrate", "api", "tracker", "child"}
+    assert set(services) == {"migrate", "api", "tracker", "child", "webhooks"}
     for name, service in services.items():
         command = command_of(service)
         assert command[0] == "convbus", name
@@ -419,7 +420,7 @@ def test_external_setup_starts_no_bundled_service_and_waits_for_none(
     external_config: dict[str, Any],
 ) -> None:
     active = active_services(external_config)
-    assert set(active) == {"migrate", "api", "tracker", "child"}
+    assert set(active) == {"migrate", "api", "tracker", "child", "webhooks"}
     for name, service in active.items():
         assert set(service.get("depends_on", {})) <= set(active), name
         environment = service["environment"]
