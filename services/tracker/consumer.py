@@ -155,15 +155,26 @@ class Tracker:
                 return
             connection = await amqp.connect_with_retry(self.settings, "convbus-tracker", self.stop)
             self._connection = connection
-            store.on_commit = CommitNotices(connection, self.topo).committed
+            # What the tracker tells others (notices, webhook deliveries) goes out on a
+            # connection of its own: a broker blocking publishers never stops the consumer.
+            publishing = await amqp.connect_with_retry(
+                self.settings, "convbus-tracker-publish", self.stop
+            )
+            notices = CommitNotices(publishing, self.topo)
+            store.on_commit = notices.committed
+            outbox = Outbox(publishing, engine, self.topo)
             stats = QueueWatch(connection, self.topo, engine, self.settings.queue_stats_every)
             try:
                 async with stats.running(), pruning(engine, self.settings):
-                    await self._consume(connection, store, stats)
+                    await self._consume(connection, store, stats, outbox)
             except _Stopping:
                 pass
             finally:
                 self._subscription = None
+                store.on_commit = None
+                await notices.close()
+                await outbox.close()
+                await publishing.close()
                 await connection.close()
         except BrokerUnavailable:
             if not self.stop.is_set():
@@ -174,7 +185,7 @@ class Tracker:
             log.info("tracker stopped after %d new entries", self.written)
 
     async def _consume(
-        self, connection: AbstractRobustConnection, store: Store, stats: QueueWatch
+        self, connection: AbstractRobustConnection, store: Store, stats: QueueWatch, outbox: Outbox
     ) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.settings.batch_size * 2)
@@ -184,8 +195,6 @@ class Tracker:
         self._subscription = subscription
         log.info("tracker consuming %s", self.topo.tracker_queue)
         overdue = OverdueSweep(connection, store, self.topo)
-        outbox = Outbox(connection, store.engine, self.topo)
-        await outbox.flush()  # what a tracker that stopped had recorded and not published
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + self.settings.lease_sweep_every
         try:
@@ -199,10 +208,10 @@ class Tracker:
                         await overdue.sweep(caught_up_at)
                 if store.deliveries_recorded:
                     store.deliveries_recorded = False
-                    await outbox.flush()
+                    outbox.wake()
                 if loop.time() >= next_sweep:
                     await overdue.mark()
-                    await outbox.flush()  # what a failed flush left
+                    outbox.wake()  # what a failed flush left
                     next_sweep = loop.time() + self.settings.lease_sweep_every
         finally:
             await overdue.close()

@@ -11,6 +11,8 @@ makes a second copy the same task (the child runs a task id once).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 from datetime import datetime
@@ -88,7 +90,8 @@ def outbox_rows(deliveries: list[TaskMessage], now: datetime) -> list[dict[str, 
 
 
 class Outbox:
-    """Publishes the recorded deliveries (confirmed), then forgets them."""
+    """Publishes the recorded deliveries (confirmed), then forgets them: in the background,
+    woken after a commit that recorded some, and now and then for what a failed try left."""
 
     def __init__(
         self, connection: AbstractRobustConnection, engine: AsyncEngine, topo: Topology
@@ -98,6 +101,23 @@ class Outbox:
         self.topo = topo
         self._channel: AbstractChannel | None = None
         self._declared: Declared | None = None
+        self._wake = asyncio.Event()
+        self._wake.set()  # at start: what a tracker that stopped had recorded and not published
+        self._flushing = asyncio.create_task(self._flush_when_woken(), name="webhook-outbox")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _flush_when_woken(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def close(self) -> None:
+        self._flushing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._flushing
 
     async def flush(self) -> int:
         """Publish every delivery in the outbox; how many. Never raises: what is left is
