@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, func, or_, select, union
+from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, func, select, union
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import connection
@@ -94,22 +94,6 @@ class Reader:
         async with connection(self.engine) as conn:
             rows = [dict(r._mapping) for r in await conn.execute(query.order_by(_LOG.c.id))]
         return rows
-
-    async def takes_part(self, name: str, conversation_id: str) -> bool:
-        """Whether `name` sent or received an entry of the conversation (or sent one of its
-        tasks)."""
-        own = select(_LOG.c.id).where(
-            _LOG.c.conversation_id == conversation_id,
-            or_(_LOG.c.sender == name, _LOG.c.recipient == name),
-        )
-        sent = select(_TASKS.c.task_id).where(
-            _TASKS.c.conversation_id == conversation_id, _TASKS.c.sender == name
-        )
-        async with connection(self.engine) as conn:
-            for query in (own, sent):
-                if (await conn.execute(query.limit(1))).first() is not None:
-                    return True
-        return False
 
     async def has_event(self, event_id: str) -> bool:
         """Whether the tracker recorded this event."""

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from shared.contract import IDENT_PATTERN, MAX_LOG_ID, NAME_PATTERN
+from shared.contract import IDENT_PATTERN, NAME_PATTERN
 from shared.ids import TASK_PREFIX, utc_iso
 from shared.topology import RESERVED_POOL_PATTERN, Priority, Topology
 
@@ -396,12 +396,20 @@ class AckRequest(BaseModel):
     ack_by: Name = "master"
 
 
+def _no_bool(value: object) -> object:
+    """JSON's true and false are not numbers (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError("a log id, not a boolean")
+    return value
+
+
 class InboxAckRequest(BaseModel):
     """POST /api/relay/inbox/{name}/ack: every entry of the inbox up to `up_to` was read."""
 
     model_config = ConfigDict(extra="forbid")
 
-    up_to: Annotated[int, Field(ge=0, le=MAX_LOG_ID)]
+    #: Beyond the newest log entry: up to the newest (an inbox never skips what is yet to come).
+    up_to: Annotated[int, Field(ge=0), BeforeValidator(_no_bool)]
 
 
 class Ok(BaseModel):

@@ -58,9 +58,20 @@ def is_literal_ip(host: str) -> bool:
     return True
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def is_public(address: str) -> bool:
-    """Whether an address a name resolved to may be called (not private, loopback, …)."""
-    return ipaddress.ip_address(address.split("%", maxsplit=1)[0]).is_global
+    """Whether an address a name resolved to may be called (not private, loopback, …); an IPv6
+    address that carries an IPv4 one (mapped, 6to4, NAT64) is judged by that one."""
+    ip = ipaddress.ip_address(address.split("%", maxsplit=1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return embedded.is_global
+    return ip.is_global
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:

@@ -41,6 +41,8 @@ _PAGE = MAX_LIMIT
 _FOLLOW_BACKOFF = Backoff(first=0.5, factor=2.0, cap=10.0)
 _FOLLOW_TIMEOUT = 15.0
 _FOLLOW_ERRORS = (BusError, aiormq.exceptions.AMQPError, TimeoutError, RuntimeError, OSError)
+#: The streams' reader reads the log at least this often while streams are open.
+_CATCH_UP_S = 10.0
 #: While the database is down, the streams' reader tries again this often.
 _DB_RETRY_S = 1.0
 
@@ -273,9 +275,12 @@ class CommitFeed:
                 self._cursor = None
 
     async def _read_for_streams(self) -> None:
-        """One reader of new entries for every stream of this replica, woken by the notices."""
+        """One reader of new entries for every stream of this replica, woken by the notices,
+        and every _CATCH_UP_S at least (a last notice lost, or notices not heard at all)."""
         while True:
-            await self._more.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CATCH_UP_S):
+                    await self._more.wait()
             self._more.clear()
             try:
                 await self._hand_out()

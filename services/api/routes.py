@@ -534,9 +534,8 @@ async def _check_entries(reader: Principal | None, q: EntryQuery, services: Serv
     """403 unless the key may read what the filters select (an operator's: anything)."""
     if reader is not None:
         await visibility.check_entries(
-            reader, services.reader, sender=q.from_, recipient=q.to, task_id=q.task_id,
-            conversation_id=q.conversation_id,
-        )  # fmt: skip
+            reader, services.reader, sender=q.from_, recipient=q.to, task_id=q.task_id
+        )
 
 
 @router.get("/logs", response_model=LogsResponse, responses=_ERRORS)
@@ -545,7 +544,7 @@ async def logs(
 ) -> Response:
     """The last `limit` log entries, oldest first; or, with `after`, the next ones. An
     operator's key (`read`, `admin`) reads every entry; any other key its own (its name as
-    `from` or `to`, one of its tasks, a conversation it takes part in)."""
+    `from` or `to`, or one of its tasks)."""
     await _check_entries(reader, q, services)
     where = q.model_dump(exclude={"from_", "to"})
     rows = await services.reader.logs(LogFilter(**where, sender=q.from_, recipient=q.to))
@@ -672,9 +671,10 @@ async def inbox_ack(
     name: NamePath, body: InboxAckRequest, services: ServicesDep, principal: AnyKey
 ) -> Response:
     """`name` read its inbox up to the log id `up_to`: a read without `after` starts after it.
-    Acknowledging less than before changes nothing. Its own key, or an `admin` key."""
+    Acknowledging less than before changes nothing; beyond the newest log entry, up to it. Its
+    own key, or an `admin` key."""
     _may_use_inbox(principal, name, "admin")
-    if body.up_to > await services.reader.last_log_id():
-        raise ApiError(422, "up_to: beyond the newest log entry")
-    acked = await services.inbox_cursors.ack(name, body.up_to, utcnow())
+    # Never past the newest entry: what comes later is not read yet.
+    up_to = min(body.up_to, await services.reader.last_log_id())
+    acked = await services.inbox_cursors.ack(name, up_to, utcnow())
     return _answer(InboxAckResponse(acked=acked))

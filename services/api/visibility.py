@@ -2,7 +2,7 @@
 
 An operator's key has the `read` or `admin` scope. Any other key (a master's, a user's, a child
 pool's) reads only its own part of the bus: the entries it sent or that are addressed to it,
-the conversations it takes part in, the tasks it sent (or, for a pool's key, the tasks of its
+the tasks it sent (or, for a pool's key, the tasks of its
 pools), its own inbox. The seed's `task-status` stays open to anyone holding a task id (the
 id is unguessable: knowing it is the permission), but only to the state: a task's payload,
 text, result and error go to its own readers, unless the operator opens them
@@ -63,11 +63,11 @@ async def check_entries(
     sender: str | None,
     recipient: str | None,
     task_id: str | None,
-    conversation_id: str | None,
 ) -> None:
     """403 unless the key may read the log entries these filters select: an operator any; any
-    other key only with a filter that keeps to its own (its name as `from` or `to`, one of its
-    tasks, a conversation it takes part in)."""
+    other key only with a filter that keeps to its own (its name as `from` or `to`, or one of
+    its tasks). A conversation alone is not enough: anyone may send into a conversation whose
+    id it knows, so that would open the whole conversation to it."""
     if is_operator(principal):
         return
     name = principal.name
@@ -77,10 +77,8 @@ async def check_entries(
         task = await reader.task(task_id)
         if task is not None and owns_task(principal, task):
             return
-    if conversation_id is not None and await reader.takes_part(name, conversation_id):
-        return
     raise ApiError(
         403,
-        f"Forbidden: this key reads only its own entries: filter with from={name} or to={name}, "
-        "one of its tasks, or a conversation it takes part in",
+        f"Forbidden: this key reads only its own entries: filter with from={name} or to={name} "
+        "(with conversation_id if you like), or task_id of one of its tasks",
     )

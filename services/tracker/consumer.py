@@ -211,7 +211,9 @@ class Tracker:
                     outbox.wake()
                 if loop.time() >= next_sweep:
                     await overdue.mark()
-                    outbox.wake()  # what a failed flush left
+                    if subscription.active:
+                        # What a failed flush left, or a tracker that stopped before its flush.
+                        outbox.wake()
                     next_sweep = loop.time() + self.settings.lease_sweep_every
         finally:
             await overdue.close()

@@ -101,8 +101,8 @@ class Outbox:
         self.topo = topo
         self._channel: AbstractChannel | None = None
         self._declared: Declared | None = None
+        #: Woken by the active tracker only (a standby publishing too would send copies).
         self._wake = asyncio.Event()
-        self._wake.set()  # at start: what a tracker that stopped had recorded and not published
         self._flushing = asyncio.create_task(self._flush_when_woken(), name="webhook-outbox")
 
     def wake(self) -> None:

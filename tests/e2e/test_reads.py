@@ -81,8 +81,9 @@ def test_each_key_reads_its_own_and_an_operator_everything(bus: Bus) -> None:
     assert len(_get(bus, "logs", "ops").json()["logs"]) >= 4
     allowed = [
         ("boss", {"from": "boss"}), ("boss", {"to": "boss"}), ("boss", {"task_id": task_id}),
-        ("boss", {"conversation_id": "c-boss"}), ("ana", {"conversation_id": "c-ana"}),
-        ("boss", {"conversation_id": "c-ana"}), ("pool", {"task_id": task_id}),
+        ("boss", {"conversation_id": "c-boss", "from": "boss"}),
+        ("ana", {"conversation_id": "c-ana", "from": "ana"}),
+        ("boss", {"conversation_id": "c-ana", "to": "boss"}), ("pool", {"task_id": task_id}),
     ]  # fmt: skip
     for who, filters in allowed:
         answer = _get(bus, "logs", who, **filters)
@@ -90,6 +91,8 @@ def test_each_key_reads_its_own_and_an_operator_everything(bus: Bus) -> None:
     refused = [
         ("boss", {}), ("ana", {"from": "boss"}), ("ana", {"task_id": task_id}),
         ("ana", {"conversation_id": "c-boss"}), ("pool", {}), ("ana", {"event": "send"}),
+        # Sending into a conversation does not open it: anyone may, knowing its id.
+        ("ana", {"conversation_id": "c-ana"}),
     ]  # fmt: skip
     for who, filters in refused:
         answer = _get(bus, "logs", who, **filters)

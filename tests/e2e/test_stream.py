@@ -104,7 +104,8 @@ def test_a_stream_gives_what_its_filters_let_through(bus: Bus) -> None:
     messages_only = Listener(bus, event="message", **{"from": "master"})
     try:
         # From now on: a keep-alive first, since nothing is committed yet.
-        wait_for(lambda: any(e.comment for e in to_user.events), what="a keep-alive")
+        for listener in (to_user, messages_only):  # both follow before anything is sent
+            wait_for(lambda: any(e.comment for e in listener.events), what="a keep-alive")  # noqa: B023
         for text in ("one", "two"):
             answer = send(bus, type="message", to=user, text=text)
             assert answer.status_code == 200, answer.text

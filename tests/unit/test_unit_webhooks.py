@@ -80,6 +80,12 @@ def test_a_delivery_for_each_change_into_a_named_state_only() -> None:
     assert delivery_id("t1", 5) == delivery_id("t1", 5) != delivery_id("t1", 6)
 
 
+def test_an_ipv6_address_carrying_a_private_ipv4_one_is_not_public() -> None:
+    for address in ("::ffff:127.0.0.1", "64:ff9b::a00:1", "2002:a00:1::1", "fe80::1%eth0"):
+        assert not webhooks.is_public(address), address
+    assert webhooks.is_public("64:ff9b::808:808") and webhooks.is_public("8.8.8.8")
+
+
 async def test_a_listed_name_that_resolves_to_a_private_address_is_refused() -> None:
     with pytest.raises(NeverRetry, match="non-public"):
         await _check_resolution("http://localhost:9/hook")
