@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
@@ -163,29 +163,3 @@ async def publish(
 async def open_publisher_channel(connection: AbstractRobustConnection) -> AbstractChannel:
     """A channel with publisher confirms on, where returned messages raise."""
     return await connection.channel(publisher_confirms=True, on_return_raises=True)
-
-
-async def renew_channel(
-    connection: AbstractRobustConnection,
-    old: AbstractChannel | None,
-    set_up: Callable[[AbstractChannel], Awaitable[None]],
-    *,
-    timeout: float,  # noqa: ASYNC109  (bounds the whole renewal)
-) -> AbstractChannel:
-    """Close `old` (if open), then open a channel and `set_up` it (an exclusive queue of the
-    process's own, say) within `timeout`; a channel whose set-up fails is closed, not kept.
-
-    For what is declared anew after each reconnection rather than left to aio-pika's restore.
-    """
-    if old is not None and not old.is_closed:
-        with contextlib.suppress(Exception):
-            await old.close()
-    async with asyncio.timeout(timeout):
-        channel = await connection.channel()
-        try:
-            await set_up(channel)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await channel.close()
-            raise
-    return channel

@@ -21,15 +21,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 from pydantic import ValidationError
 
-from shared import amqp, metrics
+from shared import metrics
 from shared.backoff import Backoff, retry
 from shared.contract import MAX_LIMIT
 from shared.errors import BusError, DatabaseUnavailable
@@ -169,19 +164,26 @@ class CommitFeed:
         not left to aio-pika's restore); then everyone reads again what it may have missed."""
         assert self._connection is not None
         old, self._channel = self._channel, None
-
-        async def set_up(channel: AbstractChannel) -> None:
-            assert isinstance(channel, AbstractRobustChannel)  # a robust connection's
-            exchange = await declare_committed(channel, self.topo)
-            queue = await channel.declare_queue(
-                self.topo.notices_queue(new_run_id()), exclusive=True, auto_delete=True,
-                robust=False,
-            )  # fmt: skip
-            await queue.bind(exchange, robust=False)
-            await queue.consume(self._on_message, no_ack=True, robust=False)
-
-        channel = await amqp.renew_channel(self._connection, old, set_up, timeout=_FOLLOW_TIMEOUT)
-        assert isinstance(channel, AbstractRobustChannel)
+        if old is not None and not old.is_closed:
+            with contextlib.suppress(Exception):
+                await old.close()
+        async with asyncio.timeout(_FOLLOW_TIMEOUT):
+            channel = await self._connection.channel()
+            assert isinstance(channel, AbstractRobustChannel)
+            try:
+                exchange = await declare_committed(channel, self.topo)
+                queue = await channel.declare_queue(
+                    self.topo.notices_queue(new_run_id()),
+                    exclusive=True,
+                    auto_delete=True,
+                    robust=False,
+                )
+                await queue.bind(exchange, robust=False)
+                await queue.consume(self._on_message, no_ack=True, robust=False)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                raise
         self._channel = channel
         self._missed()
 

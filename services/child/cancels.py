@@ -17,21 +17,16 @@ start again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 from pydantic import ValidationError
 
-from shared import amqp
 from shared.backoff import Backoff, retry
 from shared.errors import BusError
 from shared.ids import new_run_id, utcnow
@@ -115,18 +110,22 @@ class CancelFeed:
         """
         assert self._connection is not None
         old, self._channel = self._channel, None
-
-        async def set_up(channel: AbstractChannel) -> None:
-            await channel.set_qos(prefetch_count=_PREFETCH)
-            assert isinstance(channel, AbstractRobustChannel)  # a robust connection's
-            queue = await declare_control(channel, self.topo, self.child_id, new_run_id())
-            await queue.consume(self._on_message, robust=False)
-            since = utcnow() - timedelta(days=CONTROL_MAX_AGE_DAYS)
-            for task_id in await self.read_cancels(since):
-                self._take(task_id)
-
-        channel = await amqp.renew_channel(self._connection, old, set_up, timeout=_FOLLOW_TIMEOUT)
-        assert isinstance(channel, AbstractRobustChannel)
+        if old is not None and not old.is_closed:
+            with contextlib.suppress(Exception):
+                await old.close()
+        async with asyncio.timeout(_FOLLOW_TIMEOUT):
+            channel = await self._connection.channel()
+            try:
+                await channel.set_qos(prefetch_count=_PREFETCH)
+                queue = await declare_control(channel, self.topo, self.child_id, new_run_id())
+                await queue.consume(self._on_message, robust=False)
+                since = utcnow() - timedelta(days=CONTROL_MAX_AGE_DAYS)
+                for task_id in await self.read_cancels(since):
+                    self._take(task_id)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                raise
         self._channel = channel
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

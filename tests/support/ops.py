@@ -36,8 +36,3 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 
 def metric(proc: Proc, name: str, **labels: str) -> float | None:
     return sample(ops(proc, "/metrics").text, name, **labels)
-
-
-def api_metric(api: str, name: str, **labels: str) -> float | None:
-    """A sample of the API's own /metrics (it serves them on its HTTP port)."""
-    return sample(httpx.get(f"{api}/metrics", timeout=5).text, name, **labels)
