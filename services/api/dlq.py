@@ -5,19 +5,33 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BeforeValidator, TypeAdapter
+from pydantic import AfterValidator, BeforeValidator, TypeAdapter
 from starlette.convertors import Convertor, register_url_convertor
 
 from services.api.deps import AdminKey, ServicesDep
 from services.api.errors import ApiError
 from shared.contract import API_PREFIX, MAX_LIMIT, NAME_PATTERN
 from shared.schemas import ErrorResponse, Ok
+from shared.topology import RESERVED_POOL_PATTERN, Topology
 
 router = APIRouter(prefix=f"{API_PREFIX}/dlq", dependencies=[AdminKey], tags=["parking lots"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 422, 503)
 }
-PoolQuery = Annotated[str | None, Query(pattern=NAME_PATTERN)]
+
+
+def _a_pool(name: str | None) -> str | None:
+    if name is not None and not Topology.is_pool_name(name):
+        raise ValueError("a pool's name may not contain 'parked' or 'delay' as a word")
+    return name
+
+
+#: A pool's name: not a name a pool's own queues would collide with (the OpenAPI says both).
+PoolQuery = Annotated[
+    str | None,
+    Query(pattern=NAME_PATTERN, json_schema_extra={"not": {"pattern": RESERVED_POOL_PATTERN}}),
+    AfterValidator(_a_pool),
+]
 #: `confirm=true`, required: the OpenAPI says so (a required `const: true`); without it, or with
 #: any other value, the contract's 400 "purging drops parked tasks for good…" (errors.py).
 ConfirmQuery = Annotated[
