@@ -41,5 +41,19 @@ class NeverRetry(BusError):
     """Raised by a handler: this task failed for good; report it failed without retrying."""
 
 
+class InputRequired(BusError):
+    """Raised by a handler: the task needs an answer from `to` (its sender when None).
+
+    The task waits `input_required`, holding no delivery, slot or thread; once answered
+    (POST /api/relay/tasks/{id}/input) it comes back to its pool and the handler runs again
+    from the start, with every question and answer so far in `task.inputs`.
+    """
+
+    def __init__(self, question: str, to: str | None = None) -> None:
+        super().__init__(question)
+        self.question = question
+        self.to = to
+
+
 class CallbackRefused(BusError):
     """The API refused the callback's content (4xx): sending it again cannot help."""

@@ -129,6 +129,19 @@ def cancel_event_id(task_id: str) -> str:
     return "c_" + _b32(digest)
 
 
+def question_event_id(task_id: str, round_: int) -> str:
+    """A task's `input_required` of one round: the run that asks again (its delivery came
+    back) asks in the same entry."""
+    digest = hashlib.sha256(f"{task_id}/ask/{round_}".encode()).digest()[:16]
+    return "q_" + _b32(digest)
+
+
+def answer_event_id(task_id: str, round_: int) -> str:
+    """A task's `input` (the answer) of one round: an answer retried is one entry."""
+    digest = hashlib.sha256(f"{task_id}/answer/{round_}".encode()).digest()[:16]
+    return "a_" + _b32(digest)
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)

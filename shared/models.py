@@ -81,6 +81,12 @@ class TaskBase(SQLModel):
     outcome_id: int | None = Field(default=None, sa_column=Column(BigInteger))
     #: The send's `notify`: where a webhook goes, and for which changes of state.
     notify: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonColumn))
+    #: How many questions the task's handler asked (`input_required`), and the one it waits on
+    #: (with the task as its child received it, sent again with the answer).
+    input_round: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default="0")
+    )
+    asking: dict[str, Any] | None = Field(default=None, sa_column=Column(JsonColumn))
 
 
 class Task(TaskBase, table=True):
@@ -204,14 +210,34 @@ class InboxCursor(SQLModel, table=True):
     updated_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
 
 
-class WebhookOutbox(SQLModel, table=True):
-    """Webhook deliveries the tracker recorded (in the transaction of the change they report)
-    and has not yet seen RabbitMQ confirm: it publishes them, then deletes them here, so that a
-    crash in between loses none (the delivery's id makes a second publish harmless)."""
+class TaskOutbox(SQLModel, table=True):
+    """Tasks the tracker sends, recorded in the transaction of the change that calls for them
+    (a webhook delivery, a task answered), and not yet seen confirmed by RabbitMQ: it publishes
+    them, then deletes them here, so that a crash in between loses none."""
 
-    __tablename__ = "webhook_outbox"
+    __tablename__ = "task_outbox"
+
+    #: A delivery's task id; `<task id>/input/<round>` for a task answered.
+    id: str = Field(sa_column=Column(String(160), primary_key=True))
+    #: The task, as published (TaskMessage JSON).
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    #: Its x-attempt header.
+    attempt: int = Field(default=1, sa_column=Column(Integer, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class TaskAnswer(SQLModel, table=True):
+    """The answer to a task's question, recorded by the API before it publishes it: the first
+    one is the answer (a second is refused), whichever API replica takes it. A row whose task
+    still waits on it a while later is applied by the tracker's sweep."""
+
+    __tablename__ = "task_answers"
 
     task_id: str = Field(sa_column=Column(String(128), primary_key=True))
-    #: The delivery task, as published (TaskMessage JSON).
-    body: str = Field(sa_column=Column(Text, nullable=False))
-    created_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+    round: int = Field(sa_column=Column(Integer, primary_key=True))
+    answered_by: str = Field(sa_column=Column(String(64), nullable=False))
+    #: The answer (the tracker applies it itself should the API die before publishing it).
+    answer: Any = Field(default=None, sa_column=Column(JsonColumn))
+    #: The answer's JSON, hashed: the same answer again is a retry, not a second answer.
+    answer_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    answered_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))

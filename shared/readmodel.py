@@ -180,10 +180,15 @@ def _addressed_ids(
     return query.order_by(ids.c.id.desc() if newest else ids.c.id.asc()).limit(limit)
 
 
+#: The entries addressed to a party that are its inbox's: a message, a question to answer.
+INBOX_EVENTS = ("message", "input_required")
+
+
 def _inbox_ids(name: str, after: int, limit: int) -> Select[Any]:
-    """Ids of `name`'s inbox after `after`: messages sent to it, outcomes of its tasks."""
+    """Ids of `name`'s inbox after `after`: messages and questions sent to it, outcomes of its
+    tasks."""
     messages = select(_LOG.c.id).where(
-        and_(_LOG.c.recipient == name, _LOG.c.event == "message", _LOG.c.id > after)
+        and_(_LOG.c.recipient == name, _LOG.c.event.in_(INBOX_EVENTS), _LOG.c.id > after)
     )
     outcomes = select(_LOG.c.id).where(_LOG.c.id.in_(_outcome_ids(name)), _LOG.c.id > after)
     ids = union(messages, outcomes).subquery("inbox")

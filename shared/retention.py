@@ -3,8 +3,8 @@
 What goes, for a cutoff:
 
 - every task in a final state (`completed`, `failed`, `expired`, `canceled`) last updated
-  before the cutoff, with its log entries, its send keys and its cancel. A task in any other
-  state stays, however old, and so does everything of it;
+  before the cutoff, with its log entries, its send keys, its cancel and the answers to its
+  questions. A task in any other state stays, however old, and so does everything of it;
 - log entries of no task (messages, poison parked without a task id) from before the cutoff;
 - send keys of no task recorded before the cutoff that RabbitMQ never confirmed (the send got a
   503 and was not retried).
@@ -40,13 +40,14 @@ from sqlalchemy.sql.dml import ReturningDelete
 from sqlalchemy.sql.expression import ColumnClause, FromClause
 
 from shared.errors import DatabaseUnavailable
-from shared.models import Cancel, LogEntry, SendKey, Task
+from shared.models import Cancel, LogEntry, SendKey, Task, TaskAnswer
 from shared.schemas import FINAL_STATES
 
 _TASKS = Task.__table__  # type: ignore[attr-defined]
 _LOG = LogEntry.__table__  # type: ignore[attr-defined]
 _KEYS = SendKey.__table__  # type: ignore[attr-defined]
 _CANCELS = Cancel.__table__  # type: ignore[attr-defined]
+_ANSWERS = TaskAnswer.__table__  # type: ignore[attr-defined]
 
 #: Tasks (with their entries and keys), or entries of no task, deleted per transaction.
 BATCH_SIZE = 5000
@@ -252,4 +253,6 @@ async def _task_batch(conn: AsyncConnection, cutoff: datetime, limit: int) -> Pr
     keys = await conn.execute(delete(_KEYS).where(_KEYS.c.task_id.in_(task_ids)))
     # A canceled task's cancel goes with it (not counted: one row per such task).
     await conn.execute(delete(_CANCELS).where(_CANCELS.c.task_id.in_(task_ids)))
+    # So do the answers to its questions (a handful per such task, not counted either).
+    await conn.execute(delete(_ANSWERS).where(_ANSWERS.c.task_id.in_(task_ids)))
     return PruneCounts(tasks=len(task_ids), task_entries=entries.rowcount, send_keys=keys.rowcount)

@@ -92,12 +92,15 @@ TaskState = Literal[
     "pending",
     "processing",
     "retrying",
+    "input_required",
     "completed",
     "failed",
     "expired",
     "canceled",
 ]
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "expired", "canceled"})
+#: The states a wait for a task answers at: it ended, or it waits for an answer.
+SETTLED_STATES: frozenset[str] = FINAL_STATES | {"input_required"}
 EventName = Literal[
     "message",
     "processing",
@@ -111,6 +114,8 @@ EventName = Literal[
     "lease_expired",
     "expired",
     "cancel",
+    "input_required",
+    "input",
 ]
 #: The longest a handler may be given (`timeout_s`): a week.
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -191,14 +196,23 @@ class _NoNul(BaseModel):
 
 
 #: The changes of a task's state a webhook may be sent for (the final ones by default).
-NotifyEvent = Literal["processing", "retrying", "completed", "failed", "expired", "canceled"]
+NotifyEvent = Literal[
+    "processing", "retrying", "input_required", "completed", "failed", "expired", "canceled"
+]
 WebhookUrl = Annotated[
     str, StringConstraints(pattern=r"^https?://[^\s/?#]+[^\s]*$", max_length=2048)
 ]
 
 
-#: What a webhook is sent for when `notify` names no events: the task's end.
-NOTIFY_BY_DEFAULT: list[NotifyEvent] = ["completed", "failed", "expired", "canceled"]
+#: What a webhook is sent for when `notify` names no events: the task's end, and a question
+#: its handler asks (the task waits for an answer).
+NOTIFY_BY_DEFAULT: list[NotifyEvent] = [
+    "input_required",
+    "completed",
+    "failed",
+    "expired",
+    "canceled",
+]
 
 
 class Notify(BaseModel):
@@ -209,7 +223,7 @@ class Notify(BaseModel):
     url: WebhookUrl = Field(
         description="http(s) URL whose host is among RELAY_WEBHOOK_HOSTS (422 otherwise)"
     )
-    events: Annotated[list[NotifyEvent], Field(min_length=1, max_length=6)] = Field(
+    events: Annotated[list[NotifyEvent], Field(min_length=1, max_length=7)] = Field(
         default_factory=lambda: list(NOTIFY_BY_DEFAULT)
     )
 
@@ -302,6 +316,28 @@ class SendRequest(SendFields):
     )
 
 
+#: The most rounds of questions one task may ask (its messages carry every one).
+MAX_INPUT_ROUNDS = 100
+#: A question's words.
+Question = Annotated[str, StringConstraints(min_length=1, max_length=10_000), _NUL_FREE]
+
+
+class InputRound(BaseModel):
+    """One question a task's handler asked, and its answer (`task.inputs`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    #: 1 for the task's first question, then 2, …
+    round: Annotated[int, Field(ge=1, le=MAX_INPUT_ROUNDS)]
+    question: Question
+    #: Who was asked.
+    to: Name
+    asked_at: Timestamp
+    answer: Any = None
+    answered_by: Name
+    answered_at: Timestamp
+
+
 class TaskMessage(SendFields):
     """A task on the wire: the body of a message on the tasks exchange."""
 
@@ -310,6 +346,13 @@ class TaskMessage(SendFields):
     type: Literal["task", "message"] = "task"
     task_id: Ident
     created_at: Timestamp
+    #: The questions its handler asked so far, with their answers, oldest first (None: none).
+    inputs: Annotated[list[InputRound], Field(max_length=MAX_INPUT_ROUNDS)] | None = None
+
+    @property
+    def answers(self) -> list[Any]:
+        """The answers so far, oldest first: `task.answers[-1]` is the latest."""
+        return [asked.answer for asked in self.inputs or ()]
 
 
 class Event(BaseModel):
@@ -355,6 +398,11 @@ class Event(BaseModel):
     # progress
     progress: float | None = None
     note: Text | None = None
+    # input_required (from: the pool asking, to: who is asked; `task` as the child received
+    # it) and input (from: who answered): the round of the question, its words, the answer
+    round: Annotated[int, Field(ge=1, le=MAX_INPUT_ROUNDS)] | None = None
+    question: Question | None = None
+    answer: Any = None
 
 
 class CallbackRequest(_NoNul):
@@ -385,6 +433,32 @@ class ProgressRequest(_NoNul):
     attempt: Attempt | None = None
     progress: Fraction | None = None
     note: Note | None = None
+
+
+class InputRequest(_NoNul):
+    """POST /api/relay/tasks/{task_id}/input: the answer to the question the task waits on."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    answer: Result = Field(description="Any JSON: the handler finds it in `task.inputs`.")
+    #: Who answers: the key's own name, unless the key sends as anyone.
+    from_: Name | None = Field(default=None, alias="from")
+
+
+class AskRequest(_NoNul):
+    """POST /api/relay/tasks/{task_id}/ask: a child that is not the bus's own asks a question
+    (the bus's own children publish it on the bus); the task waits `input_required`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: Question
+    #: Who is asked: the task's sender when not given.
+    to: Name | None = None
+    #: The task's message as the child received it (it comes back, with the answer in
+    #: `inputs`, once answered).
+    task: TaskMessage
+    child_id: Name | None = None
+    attempt: Attempt | None = None
 
 
 class AckRequest(BaseModel):
@@ -442,6 +516,23 @@ class CallbackResponse(Ok):
     duplicate: bool | None = None
 
 
+class InputResponse(Ok):
+    """The answer to an answer: the task goes back to its pool with it."""
+
+    task_id: str
+    round: int
+
+
+class Asking(BaseModel):
+    """The question a task waits on (`input_required`)."""
+
+    round: int
+    question: str
+    #: Who is asked (who may answer, besides an admin).
+    to: str
+    asked_at: datetime
+
+
 class TaskStatusResponse(Ok):
     """The answer of task-status (seed)."""
 
@@ -483,6 +574,8 @@ class TaskResponse(BaseModel):
     #: A run past the child's hold (RELAY_HOLD_DELIVERY): the child's lease runs until then,
     #: renewed by its heartbeats; once past, the tracker sends the task again.
     lease_until: datetime | None = None
+    #: The question the task waits on, while it is `input_required`.
+    asking: Asking | None = None
     #: Fields left out (null above) for a reader who is not the task's own: its payload, text,
     #: result, error and progress note go to its sender, its pool's key and operators.
     withheld: list[str] | None = None

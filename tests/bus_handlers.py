@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.child import NeverRetry, Registry, RetryLater, progress
+from services.child import InputRequired, NeverRetry, Registry, RetryLater, progress
 from shared.schemas import TaskMessage
 
 handlers = Registry()
@@ -208,3 +208,17 @@ def reports_sync(task: TaskMessage) -> dict[str, Any]:
     steps = _report_steps(task)
     time.sleep(float((task.payload or {}).get("then", 1.5)))
     return {"steps": steps}
+
+
+@handlers.handler("ask")
+async def ask(task: TaskMessage) -> dict[str, Any]:
+    """Asks its payload's `questions` one at a time (of `to`, else its sender), counting its
+    runs in `counter` if given; then answers with the answers."""
+    payload = task.payload or {}
+    if "counter" in payload:
+        _count(payload)
+    questions = payload.get("questions", ["which one?"])
+    asked = len(task.inputs or ())
+    if asked < len(questions):
+        raise InputRequired(questions[asked], to=payload.get("to"))
+    return {"answers": task.answers, "asked": [i.to for i in task.inputs or ()]}

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.api import dlq, errors, hand_read, health
+from services.api.answers import Answers
 from services.api.auth import KeyRing
 from services.api.bodies import BodySizeLimit, JsonContentType
 from services.api.broker import BrokerLink
@@ -71,6 +72,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             commits=commits,
             send_keys=SendKeys(engine),
             cancels=Cancels(engine),
+            answers=Answers(engine),
             inbox_cursors=InboxCursors(engine),
             ids=TaskIds(derive_secret(secret)),
         )

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from services.api.answers import Answers
 from services.api.auth import KeyRing, Principal
 from services.api.broker import BrokerLink
 from services.api.cancels import Cancels
@@ -38,6 +39,7 @@ class Services:
     commits: CommitFeed
     send_keys: SendKeys
     cancels: Cancels
+    answers: Answers
     inbox_cursors: InboxCursors
     ids: TaskIds
 
@@ -101,4 +103,5 @@ AnyKey = Annotated[Principal, Depends(_any_key)]
 AckKey = Annotated[Principal, Depends(_scope("send", "callback"))]
 CallbackKey = Annotated[Principal, Depends(_scope("callback"))]
 CancelKey = Annotated[Principal, Depends(_scope("send", "admin"))]
+AnswerKey = Annotated[Principal, Depends(_scope("send", "admin"))]
 AdminKey = Depends(_scope("admin"))

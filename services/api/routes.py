@@ -16,10 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 from starlette.types import Receive, Scope, Send
 
 from services.api import hand_read, visibility
+from services.api.answers import Claim
 from services.api.auth import Principal
 from services.api.commits import StreamFilter, Subscription, inbox_key
 from services.api.deps import (
     AckKey,
+    AnswerKey,
     AnyKey,
     CallbackKey,
     CancelKey,
@@ -44,15 +46,21 @@ from shared.contract import (
 from shared.errors import DatabaseUnavailable
 from shared.ids import (
     TASK_PREFIX,
+    answer_event_id,
     callback_event_id,
     cancel_event_id,
     new_event_id,
+    question_event_id,
     utcnow,
 )
 from shared.readmodel import LogFilter, public_entry
 from shared.schemas import (
     FINAL_STATES,
+    MAX_INPUT_ROUNDS,
+    SETTLED_STATES,
     AckRequest,
+    Asking,
+    AskRequest,
     CallbackRequest,
     CallbackResponse,
     CancelResponse,
@@ -62,6 +70,8 @@ from shared.schemas import (
     InboxAckRequest,
     InboxAckResponse,
     InboxResponse,
+    InputRequest,
+    InputResponse,
     LogsResponse,
     Ok,
     ProgressRequest,
@@ -326,7 +336,8 @@ WaitQuery = Annotated[
         ge=0,
         allow_inf_nan=False,
         description="Seconds to wait for the task to end (completed, failed, expired, canceled) "
-        "before answering; at most RELAY_MAX_WAIT_S. Answers at once when it has ended.",
+        "or to wait for an answer (input_required) before answering; at most RELAY_MAX_WAIT_S. "
+        "Answers at once when it has.",
     ),
 ]
 _WAIT_DOC = (
@@ -348,36 +359,50 @@ async def task_status(
     task_id: TaskIdPath, services: ServicesDep, wait: WaitQuery = None
 ) -> TaskStatusResponse:
     """The task's state (seed); never 404 right after a 200 from send. With `wait`, answers
-    when the task ends, or with its state when the wait is up."""
+    when the task ends or asks a question, or with its state when the wait is up."""
     seconds = _wait_s(wait, services)
 
     async def read() -> str:
         return await _known(task_id, services)
 
-    state = await services.commits.wait(task_id, seconds, read, lambda s: s in FINAL_STATES)
+    state = await services.commits.wait(task_id, seconds, read, lambda s: s in SETTLED_STATES)
     return TaskStatusResponse(task_id=task_id, task_status=state)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskResponse, responses=_ERRORS)
 async def task_record(
     task_id: TaskIdPath,
+    *,
     services: ServicesDep,
     request: Request,
     wait: WaitQuery = None,
+    after_round: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_INPUT_ROUNDS,
+            description="With `wait`: a question up to this round (one just answered) does "
+            "not end the wait; only a later one, or the task's end, does.",
+        ),
+    ] = None,
     key: KeyHeader = None,
 ) -> TaskResponse:
-    """The record of a task; with `wait`, once it ends (or when the wait is up). Its payload,
-    text, result and error only to its sender, its pool's key and operators (or to anyone
-    with RELAY_PUBLIC_TASKS); to others they are `withheld`."""
+    """The record of a task; with `wait`, once it ends or asks a question (or when the wait is
+    up); `asking` is the question it waits on. Its payload, text, result, error and question
+    only to its sender, its pool's key, the party asked and operators (or to anyone with
+    RELAY_PUBLIC_TASKS); to others they are `withheld`."""
     seconds = _wait_s(wait, services)
     principal = authenticate(services, request, key) if key is not None else None
 
     async def read() -> TaskResponse:
         return await _task_response(task_id, services, principal)
 
-    return await services.commits.wait(
-        task_id, seconds, read, lambda task: task.task_status in FINAL_STATES
-    )
+    def settled(task: TaskResponse) -> bool:
+        if task.task_status != "input_required" or after_round is None:
+            return task.task_status in SETTLED_STATES
+        return task.asking is None or task.asking.round > after_round
+
+    return await services.commits.wait(task_id, seconds, read, settled)
 
 
 async def _task_response(
@@ -388,6 +413,7 @@ async def _task_response(
         state: TaskState = await _known(task_id, services)  # type: ignore[assignment]
         return TaskResponse(task_id=task_id, task_status=state)
     withheld = None
+    row = {**row, "asking": _asking(row)}
     if not visibility.sees_whole_task(principal, row, services.settings):
         withheld = [f for f in visibility.PRIVATE_TASK_FIELDS if row[f] is not None]
         row = {**row, **dict.fromkeys(withheld)}
@@ -416,7 +442,19 @@ async def _task_response(
         progress=row["progress"],
         progress_note=row["progress_note"],
         lease_until=row["lease_until"],
+        asking=row["asking"],
     )
+
+
+def _asking(row: dict[str, Any]) -> Asking | None:
+    """The question the task waits on (not the task it carries), while it waits."""
+    asking = row["asking"]
+    if asking is None or row["state"] != "input_required":
+        return None
+    return Asking(
+        round=asking["round"], question=asking["question"], to=asking["to"],
+        asked_at=asking["asked_at"],
+    )  # fmt: skip
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=CancelResponse, responses=_ERRORS)
@@ -448,6 +486,94 @@ async def cancel(task_id: TaskIdPath, services: ServicesDep, principal: CancelKe
     )
     await services.broker.publish_event(event)
     return _answer(CancelResponse(task_id=task_id))
+
+
+@router.post("/tasks/{task_id}/input", response_model=InputResponse, responses=_ERRORS)
+async def answer(
+    task_id: TaskIdPath, body: InputRequest, services: ServicesDep, principal: AnswerKey
+) -> Response:
+    """Answer the question the task waits on (`input_required`): 200 once the answer is on the
+    bus; the task goes back to its pool, and its handler runs again with every question and
+    answer so far in `task.inputs`. The party asked, a key that sends as anyone, or an admin.
+    A task not waiting for input: 409; a second answer: 409; the same answer again: 200."""
+    as_another = body.from_ is not None and body.from_ != principal.name
+    if as_another and not _may_answer_as_any(principal):
+        raise ApiError(403, f"Forbidden: this key answers as {principal.name!r} only")
+    # A key that sends as anyone answers for the party asked unless it names another.
+    named = body.from_ or (None if principal.send_as_any else principal.name)
+    row = await services.reader.task(task_id)
+    if row is None:
+        await _known(task_id, services)  # 404 for an id the bus never issued
+        raise ApiError(409, "task is pending, not waiting for input")
+    asking = row["asking"]
+    if row["state"] != "input_required" or asking is None:
+        last = row["input_round"]
+        if last and await services.answers.is_recorded(task_id, last, named, body.answer):
+            return _answer(InputResponse(task_id=task_id, round=last))  # a retry, applied
+        raise ApiError(409, f"task is {row['state']}, not waiting for input")
+    answered_by = named or asking["to"]
+    if answered_by != asking["to"] and not _may_answer_as_any(principal):
+        raise ApiError(403, f"Forbidden: the task waits for an answer from {asking['to']!r}")
+    round_ = asking["round"]
+    claim, by = await services.answers.claim(task_id, round_, answered_by, body.answer, utcnow())
+    if claim is Claim.TAKEN:
+        raise ApiError(409, f"question {round_} of this task was answered already, by {by!r}")
+    event = Event(
+        event_id=answer_event_id(task_id, round_),
+        event="input",
+        ts=utcnow(),
+        task_id=task_id,
+        conversation_id=row["conversation_id"],
+        from_=answered_by,
+        to=row["recipient"],
+        round=round_,
+        answer=body.answer,
+    )
+    await services.broker.publish_event(event)
+    return _answer(InputResponse(task_id=task_id, round=round_))
+
+
+def _may_answer_as_any(principal: Principal) -> bool:
+    """An admin, or a key that sends as anyone (the master's): answers for any party asked."""
+    return "admin" in principal.scopes or principal.send_as_any
+
+
+@router.post("/tasks/{task_id}/ask", response_model=Ok, responses=_ERRORS)
+async def ask(
+    task_id: TaskIdPath, body: AskRequest, services: ServicesDep, principal: CallbackKey
+) -> Ok:
+    """A running handler asks a question, from a child that is not the bus's own (those
+    publish it on the bus); 200 once it is on the bus. The task waits `input_required` for
+    the answer of `to` (its sender by default); the child acks its delivery next, and the task
+    comes back to the pool, with the answer in `inputs`, once answered."""
+    if body.task.task_id != task_id:  # (409: the OpenAPI cannot say the two must match)
+        raise ApiError(409, "task: not the message of this task (its task_id differs)")
+    await _known(task_id, services)
+    await _check_pool(principal, task_id, services)
+    row = await services.reader.task(task_id)
+    if row is None:
+        raise ApiError(409, "task not recorded yet: retry shortly")
+    if (body.task.to, body.task.from_) != (row["recipient"], row["sender"]):
+        raise ApiError(409, "task: its from and to are not those the bus recorded")
+    if row["state"] in FINAL_STATES:
+        raise ApiError(409, f"task already {row['state']}")
+    round_ = len(body.task.inputs or ()) + 1
+    event = Event(
+        event_id=question_event_id(task_id, round_),
+        event="input_required",
+        ts=utcnow(),
+        task_id=task_id,
+        conversation_id=body.task.conversation_id,
+        from_=body.task.to,
+        to=body.to or body.task.from_,
+        child_id=body.child_id,
+        attempt=body.attempt,
+        round=round_,
+        question=body.question,
+        task=body.task,
+    )
+    await services.broker.publish_event(event)
+    return Ok()
 
 
 @router.get("/cancels", response_model=CancelsResponse, responses=_ERRORS)

@@ -21,7 +21,7 @@ from shared.settings import ApiSettings
 #: Scopes whose keys read everything.
 OPERATOR_SCOPES = frozenset({"read", "admin"})
 #: The fields of a task's record that only its own readers see.
-PRIVATE_TASK_FIELDS = ("payload", "text", "result", "error", "progress_note")
+PRIVATE_TASK_FIELDS = ("payload", "text", "result", "error", "progress_note", "asking")
 
 
 def is_operator(principal: Principal) -> bool:
@@ -41,11 +41,21 @@ def tasks_are_public(settings: ApiSettings) -> bool:
 
 
 def owns_task(principal: Principal, task: dict[str, Any]) -> bool:
-    """The task's sender, or a key that calls back for the pool it went to."""
+    """The task's sender, a key that calls back for the pool it went to, or the party whose
+    answer the task waits on."""
     if task.get("sender") == principal.name:
+        return True
+    asking = task.get("asking")
+    if asking is not None and _asked(asking) == principal.name:
         return True
     pool = task.get("recipient")
     return "callback" in principal.scopes and pool is not None and principal.may_serve(pool)
+
+
+def _asked(asking: Any) -> str | None:
+    """Who a question asks (the row's JSON, or the API's `Asking`)."""
+    asked: str | None = asking.get("to") if isinstance(asking, dict) else asking.to
+    return asked
 
 
 def sees_whole_task(

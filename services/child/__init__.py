@@ -2,6 +2,6 @@
 
 from services.child.handlers import Registry
 from services.child.progress import progress
-from shared.errors import NeverRetry, RetryLater
+from shared.errors import InputRequired, NeverRetry, RetryLater
 
-__all__ = ["NeverRetry", "Registry", "RetryLater", "progress"]
+__all__ = ["InputRequired", "NeverRetry", "Registry", "RetryLater", "progress"]

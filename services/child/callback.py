@@ -32,7 +32,7 @@ IDLE_CONNECTION_SECONDS = 30
 
 
 #: What a child learns of a task before it runs it (CallbackClient.standing).
-Standing = Literal["completed", "leased", "ended", "running"] | None
+Standing = Literal["completed", "leased", "ended", "running", "waiting"] | None
 
 
 class _Unanswered(Exception):
@@ -94,6 +94,8 @@ class CallbackClient:
             return "completed"
         if record.task_status in ("canceled", "expired"):
             return "ended"
+        if record.task_status == "input_required":
+            return "waiting"
         until = record.lease_until
         if record.task_status == "processing" and until is not None and until > utcnow():
             return "leased"

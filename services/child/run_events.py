@@ -19,7 +19,14 @@ from typing import Any
 from shared import amqp
 from shared.backoff import Backoff, retry
 from shared.errors import BusError
-from shared.ids import expired_event_id, new_event_id, new_run_id, processing_event_id, utcnow
+from shared.ids import (
+    expired_event_id,
+    new_event_id,
+    new_run_id,
+    processing_event_id,
+    question_event_id,
+    utcnow,
+)
 from shared.schemas import CallbackRequest, Event, EventName, TaskMessage
 from shared.topology import Declared, Topology
 
@@ -116,6 +123,26 @@ class RunEvents:
         delivery is acked next. Raises BusError."""
         event_id = expired_event_id(task.task_id)
         await self._publish(self._about(task, "expired", event_id, attempt, error=reason))
+
+    async def asked(
+        self, task: TaskMessage, attempt: int, question: str, to: str, *, firmly: bool
+    ) -> None:
+        """Tell the tracker the handler asked `to` a question: the task waits for the answer
+        (`input_required`), which sends it back to its pool. Confirmed, since the delivery is
+        acked next; `firmly` (the run held a lease, its delivery is acked already): tried for a
+        while, since the lease would otherwise expire and run the task again. Raises BusError.
+        """
+        round_ = len(task.inputs or ()) + 1
+        event = self._about(
+            task, "input_required", question_event_id(task.task_id, round_), attempt,
+            from_=task.to, to=to, round=round_, question=question, task=task,
+        )  # fmt: skip
+        if not firmly:
+            await self._publish(event)
+            return
+        what = f"question of leased task {task.task_id} not published"
+        await retry(lambda _: self._publish(event), BusError, _FIRMLY, log=log, what=what,
+                    attempts=_FIRM_ATTEMPTS)  # fmt: skip
 
     def reports(self, task: TaskMessage, run: Run, every: float) -> RunReports:
         """The run's progress reports and heartbeats, published from now until `close`."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import re
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,12 +25,14 @@ from services.child.state import FinishedTasks
 from services.child.threads import HandlerThreads
 from shared import amqp, metrics
 from shared.backoff import Backoff, retry
+from shared.contract import NAME_PATTERN
 from shared.errors import (
     BrokerUnavailable,
     BusError,
     CallbackFailed,
     CallbackRefused,
     ConfigError,
+    InputRequired,
     NeverRetry,
     RetryLater,
     UnknownTask,
@@ -38,7 +41,7 @@ from shared.ids import new_event_id, utc_iso, utcnow
 from shared.logs import task_context
 from shared.ops import OpsServer
 from shared.retry import RetryPolicy
-from shared.schemas import CallbackRequest, TaskMessage, deadline_missed
+from shared.schemas import MAX_INPUT_ROUNDS, CallbackRequest, TaskMessage, deadline_missed
 from shared.settings import ChildSettings
 from shared.topology import (
     DELAY_QUEUE_IDLE_MS,
@@ -77,6 +80,17 @@ class _Retry(Exception):
         self.reason = reason
         self.delay = delay
         #: The run held a lease, which the retry's event must end (RunEvents.retried).
+        self.leased = False
+
+
+class _Asked(Exception):
+    """The handler asked a question (InputRequired): the task waits for the answer."""
+
+    def __init__(self, question: str, to: str) -> None:
+        super().__init__(question)
+        self.question = question
+        self.to = to
+        #: The run held a lease: its delivery is acked already.
         self.leased = False
 
 
@@ -167,6 +181,7 @@ class Worker:
                 "expired",
                 "canceled",
                 "put_off",
+                "asked",
             )
         }
         self._consumed = metrics.TASKS_CONSUMED.labels(pool)
@@ -359,6 +374,8 @@ class Worker:
                 return await self._retry_or_park(message, task, attempt, policy, ran)
             if isinstance(ran, _Expired):
                 return await self._expire(task, None, ran.reason)  # no attempt was made
+            if isinstance(ran, _Asked):
+                return await self._ask(task, attempt, ran)
             if isinstance(ran, _Canceled):
                 log.info("task %s canceled%s", task.task_id, ran.how)
                 self._count["canceled"].inc()
@@ -387,6 +404,27 @@ class Worker:
         self._count["completed" if status == "done" else "failed"].inc()
         return Verdict.ACK
 
+    async def _ask(self, task: TaskMessage, attempt: int, asked: _Asked) -> Verdict:
+        """The handler asked a question: tell the tracker (confirmed), then ack. The task
+        waits `input_required`, held by nothing here, until its answer sends it back."""
+        try:
+            await self._run_events().asked(
+                task, attempt, asked.question, asked.to, firmly=asked.leased
+            )
+        except BusError as exc:
+            if asked.leased:
+                log.error(
+                    "task %s: its question not published (%s): its lease will expire and run "
+                    "it again", task.task_id, exc,
+                )  # fmt: skip
+                return Verdict.ACK
+            log.warning("task %s: its question not published (%s); it goes back", task.task_id, exc)
+            self._count["requeued"].inc()
+            return Verdict.REQUEUE
+        log.info("task %s asks %s a question; it waits for the answer", task.task_id, asked.to)
+        self._count["asked"].inc()
+        return Verdict.ACK
+
     async def _answered_for(self, task: TaskMessage, *, copy: bool = False) -> bool:
         """Whether a task delivered again is done, or run by another child under a lease; for a
         scheduled task's possible twin (`copy`), also whether the twin runs or ran it."""
@@ -396,6 +434,8 @@ class Worker:
             return False
         if standing == "completed":
             log.info("task %s is completed on the bus; not running it again", task.task_id)
+        elif standing == "waiting":
+            log.info("task %s waits for an answer; its answer sends it again", task.task_id)
         elif standing == "ended":
             log.info("task %s is canceled or expired on the bus; not running it", task.task_id)
         elif standing == "running":
@@ -408,7 +448,7 @@ class Worker:
 
     async def _run_in_a_slot(
         self, message: AbstractIncomingMessage, task: TaskMessage, attempt: int, policy: RetryPolicy
-    ) -> CallbackRequest | _Retry | _Expired | _Canceled | None:
+    ) -> CallbackRequest | _Retry | _Asked | _Expired | _Canceled | None:
         """Run the handler once one of the concurrency's slots is free: its outcome with the
         run's fields, the retry it asks for, _Expired past the task's deadline or _Canceled
         (not run, or cancelled while it ran), or None when the child began stopping first."""
@@ -430,20 +470,20 @@ class Worker:
             hold = asyncio.get_running_loop().call_later(
                 self.settings.hold_delivery, self._hold, message, task, run, reports
             )
-            ended: _Retry | _Canceled | None = None
+            ended: _Retry | _Asked | _Canceled | None = None
             try:
                 with reporting_to(reports):
                     outcome = await self._run_handler(task, policy)
-            except (_Retry, _Canceled) as exc:
+            except (_Retry, _Asked, _Canceled) as exc:
                 ended = exc
             finally:
                 if not run.processing_published:  # a publish under way is left to finish
                     pending.cancel()
                 leased = await self._end_hold(hold, reports, run)
-            # A run that ends in a retry or a cancel has no callback to name it: its
-            # `processing` is published now.
+            # A run that ends in a retry, a question or a cancel has no callback to name it:
+            # its `processing` is published now.
             await events.end(pending, task, run, publish=ended is not None)
-            if isinstance(ended, _Retry):
+            if isinstance(ended, _Retry | _Asked):
                 ended.leased = leased
             return ended or outcome.model_copy(update=run.fields())
         finally:
@@ -556,6 +596,8 @@ class Worker:
             return self._handler_failed(task, policy, exc, f"timeout after {timeout:g} s")
         except RetryLater as exc:
             raise _Retry(f"RetryLater: {exc}", exc.delay) from exc
+        except InputRequired as exc:
+            return self._asking(task, exc)
         except NeverRetry as exc:
             return _failed(task, self.child_id, f"NeverRetry: {exc}")
         except Exception as exc:
@@ -572,6 +614,20 @@ class Worker:
                 task, self.child_id, f"handler result refused: not JSON the bus can store: {exc}"
             )
         return done
+
+    def _asking(self, task: TaskMessage, asked: InputRequired) -> CallbackRequest:
+        """Raises _Asked for the handler's question; the task fails (for good) when the question
+        cannot be asked."""
+        to = asked.to if asked.to is not None else task.from_
+        if not re.fullmatch(NAME_PATTERN, to):
+            why = f"InputRequired: to {to!r} is not a name (letters, digits, . _ -)"
+        elif not 1 <= len(asked.question) <= 10_000 or "\x00" in asked.question:
+            why = "InputRequired: a question of 1 to 10000 characters, without NUL"
+        elif len(task.inputs or ()) >= MAX_INPUT_ROUNDS:
+            why = f"InputRequired: more than {MAX_INPUT_ROUNDS} questions asked"
+        else:
+            raise _Asked(asked.question, to)
+        return _failed(task, self.child_id, why)
 
     async def _handler_of(self, task: TaskMessage) -> object:
         """The handler's result; it runs in a task of its own, which a cancel cancels."""

@@ -16,12 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.tracker.batching import early_batches
 from services.tracker.lifecycle import Entry
 from services.tracker.notices import CommitNotices
+from services.tracker.outbox import Outbox
 from services.tracker.overdue import OverdueSweep, is_marker
 from services.tracker.pruning import pruning
 from services.tracker.queue_stats import QueueWatch
 from services.tracker.store import BadBatch, Store
 from services.tracker.subscription import Subscription
-from services.tracker.webhooks import Outbox
 from shared import amqp, metrics
 from shared.backoff import Backoff, retry
 from shared.db import make_engine
@@ -206,8 +206,8 @@ class Tracker:
                     if (caught_up_at := overdue.saw(batch)) is not None:
                         # Between batches: the sweep's writes never race this tracker's own.
                         await overdue.sweep(caught_up_at)
-                if store.deliveries_recorded:
-                    store.deliveries_recorded = False
+                if store.outbox_filled:
+                    store.outbox_filled = False
                     outbox.wake()
                 if loop.time() >= next_sweep:
                     await overdue.mark()

@@ -7,6 +7,9 @@ A run past the child's hold takes a lease (``lease``), renewed by ``progress`` h
 lease the tracker finds expired (``lease_expired``) sends the task back: ``retrying``.
 A task not started by its deadline ends ``expired``, a ``cancel`` ends it ``canceled``: both
 final, from any state but a final one (a callback that comes after changes nothing).
+A handler that asks a question (``input_required``) ends its run: the task waits, held by no
+child, until the answer (``input``) sends it back to its pool, ``pending`` (`resumed`); news
+of the run that asked, arriving late, changes nothing meanwhile.
 Events may arrive in any order (a completion before its send); the result is the same, and
 nothing moves a task out of ``completed`` or ``failed`` but a ``replay`` of a failed task.
 """
@@ -17,8 +20,8 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.ids import processing_event_id
-from shared.schemas import FINAL_STATES, Event, TaskMessage
+from shared.ids import processing_event_id, utc_iso
+from shared.schemas import FINAL_STATES, Event, InputRound, TaskMessage
 
 #: The fields of a send and of an event that the log keeps in columns of their own (or
 #: leaves out: a callback's run id), not in `data`.
@@ -125,6 +128,10 @@ class TaskRow:
     outcome_id: int | None = None
     #: The send's webhook (`Notify` as JSON).
     notify: dict[str, Any] | None = None
+    #: Questions asked so far, and the one the task waits on: `round`, `question`, `to`,
+    #: `asked_at`, the `attempt` that asked, and the `task` its child received.
+    input_round: int = 0
+    asking: dict[str, Any] | None = None
 
     @property
     def final(self) -> bool:
@@ -174,18 +181,7 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
     """The task row after `entry`; None when the entry concerns no task."""
     source = entry.source
     if isinstance(source, TaskMessage):
-        if row is None:
-            row = TaskRow(
-                task_id=source.task_id, state=_first_state(source), created_at=entry.ts,
-                updated_at=entry.ts,
-            )  # fmt: skip
-            return _with(row, **_send_fields(source))
-        updated = max(row.updated_at, entry.ts)
-        if row.send_seen:
-            return _with(row, updated_at=updated)
-        # Events raced ahead of the send: they decide the state, unless none moved it.
-        state = _first_state(source) if row.state == "pending" else row.state
-        return _with(row, updated_at=updated, state=state, **_send_fields(source))
+        return _sent(row, source, entry.ts)
 
     if entry.task_id is None or source.event in ("message", "ack"):
         return row
@@ -219,9 +215,15 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
         attempt = row.attempts  # a report naming no attempt (over HTTP): the one under way
     if source.event in _OF_AN_ATTEMPT and attempt < row.attempts:
         return _with(row, updated_at=updated)  # news of an earlier attempt, overtaken
+    if source.event in _OF_AN_ATTEMPT and row.state == "input_required":
+        return _with(row, updated_at=updated)  # news of the run that asked, arriving late
     # What each event sets, besides its time and the count of attempts.
-    changes: dict[str, Any]
-    if source.event == "processing":
+    changes: dict[str, Any] | None
+    if source.event in ("input_required", "input"):
+        changes = _question_changes(row, source, entry.ts, attempt)
+        if changes is None:
+            return _with(row, updated_at=updated)
+    elif source.event == "processing":
         changes = {"state": "processing", "child_id": source.child_id, "next_attempt_at": None}
         if attempt > row.attempts:  # a new attempt: the last one's lease and progress are over
             changes.update(lease_until=None, progress=None, progress_note=None)
@@ -267,7 +269,66 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
                    "next_attempt_at": None, "lease_until": None}  # fmt: skip
     else:
         return _with(row, updated_at=updated)
+    if changes.get("state", row.state) != "input_required":
+        changes["asking"] = None  # canceled or expired while it waited, say
     return _with(row, **{"updated_at": updated, "attempts": attempts, **changes})
+
+
+def _question_changes(
+    row: TaskRow, source: Event, ts: datetime, attempt: int
+) -> dict[str, Any] | None:
+    """What a question (`input_required`) or its answer (`input`) sets; None: nothing."""
+    if source.event == "input_required":
+        if source.round is None or source.task is None or source.round <= row.input_round:
+            return None  # asked again (its delivery came back)
+        task = source.task.model_dump(mode="json", by_alias=True, exclude_none=True)
+        asking = {"round": source.round, "question": source.question,
+                  "to": source.to or source.task.from_, "asked_at": utc_iso(ts),
+                  "attempt": max(attempt, 1), "task": task}  # fmt: skip
+        return {"state": "input_required", "input_round": source.round, "asking": asking,
+                "lease_until": None, "next_attempt_at": None,
+                "child_id": source.child_id or row.child_id}  # fmt: skip
+    if row.state != "input_required" or source.round != row.input_round:
+        return None  # not the question it waits on
+    return {"state": "pending", "asking": None, "progress": None, "progress_note": None}
+
+
+def resumed(before: TaskRow | None, after: TaskRow, entry: Entry) -> tuple[TaskMessage, int] | None:
+    """The task to send back to its pool, and its attempt, if `entry` answered the question it
+    waited on: the task its child received, with the question and answer added to `inputs`."""
+    source = entry.source
+    if not isinstance(source, Event) or source.event != "input" or before is None:
+        return None
+    asking = before.asking
+    if asking is None or before.state != "input_required" or after.state != "pending":
+        return None
+    task = TaskMessage.model_validate(asking["task"])
+    answered = InputRound(
+        round=asking["round"],
+        question=asking["question"],
+        to=asking["to"],
+        asked_at=asking["asked_at"],
+        answer=source.answer,
+        answered_by=source.from_ or asking["to"],
+        answered_at=entry.ts,
+    )
+    inputs = [*(task.inputs or ()), answered]
+    return task.model_copy(update={"inputs": inputs}), asking["attempt"]
+
+
+def _sent(row: TaskRow | None, source: TaskMessage, ts: datetime) -> TaskRow:
+    """The task row after its send."""
+    if row is None:
+        row = TaskRow(
+            task_id=source.task_id, state=_first_state(source), created_at=ts, updated_at=ts
+        )
+        return _with(row, **_send_fields(source))
+    updated = max(row.updated_at, ts)
+    if row.send_seen:
+        return _with(row, updated_at=updated)
+    # Events raced ahead of the send: they decide the state, unless none moved it.
+    state = _first_state(source) if row.state == "pending" else row.state
+    return _with(row, updated_at=updated, state=state, **_send_fields(source))
 
 
 def _first_state(task: TaskMessage) -> str:
@@ -277,7 +338,9 @@ def _first_state(task: TaskMessage) -> str:
 
 
 #: Events about one attempt of a task: ignored once a later attempt is known.
-_OF_AN_ATTEMPT = frozenset({"processing", "retry", "lease", "progress", "lease_expired"})
+_OF_AN_ATTEMPT = frozenset(
+    {"processing", "retry", "lease", "progress", "lease_expired", "input_required"}
+)
 
 
 def _lease_end(ts: datetime, lease_s: float | None) -> datetime:

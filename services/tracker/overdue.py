@@ -8,15 +8,20 @@ out is the tracker's to settle: it publishes the task from the lease to the pool
 + 1, confirmed), then records `lease_expired`, which makes the row `retrying`. After
 MAX_LEASE_EXPIRIES expiries the task is parked instead, as a crash loop is.
 
-A task still `scheduled`, `pending` or `retrying` EXPIRY_GRACE past its deadline ends
-`expired`: a child would not start it now (it checks the deadline itself, with the same event
-id, so the log keeps one entry); the grace covers a child's clock running behind.
+A task still `scheduled`, `pending`, `retrying` or `input_required` EXPIRY_GRACE past its
+deadline ends `expired`: a child would not start it now (it checks the deadline itself, with
+the same event id, so the log keeps one entry); the grace covers a child's clock running
+behind.
 
 A tracker sweeps only what was overdue at a moment up to which it has recorded every event: it
 sends a marker through its own queue every RELAY_LEASE_SWEEP_EVERY, and sweeps once it has
 committed the batch that holds it, for the moment it sent it. A heartbeat, or the `processing`
 of a task started in time, still waiting in its queue must not count as a silence. A standby
 tracker (the queue has a single active consumer) never reads its own marker: it never sweeps.
+
+An answer the API recorded (`task_answers`) but did not publish, ANSWER_GRACE old, to the
+question its task still waits on, is applied by the sweep: the `input` entry the API's own
+event would have made (the same id: recorded once, whichever comes).
 
 Publish first, record second: a tracker that dies between the two sends the task once more on
 its next sweep, which a child may run a second time (never zero times).
@@ -38,8 +43,15 @@ from services.tracker.lifecycle import Entry
 from services.tracker.store import Store
 from shared import amqp, metrics
 from shared.db import connection
-from shared.ids import expired_event_id, lease_expired_event_id, new_event_id, utcnow
-from shared.models import LogEntry, Task
+from shared.ids import (
+    answer_event_id,
+    expired_event_id,
+    lease_expired_event_id,
+    new_event_id,
+    utc_iso,
+    utcnow,
+)
+from shared.models import LogEntry, Task, TaskAnswer
 from shared.schemas import Event, TaskMessage, deadline_missed
 from shared.topology import Declared, Topology, declare_core
 
@@ -47,6 +59,7 @@ log = logging.getLogger(__name__)
 
 _TASKS = Task.__table__  # type: ignore[attr-defined]
 _LOG = LogEntry.__table__  # type: ignore[attr-defined]
+_ANSWERS = TaskAnswer.__table__  # type: ignore[attr-defined]
 #: A task whose leases expired this many times is parked (its handler may kill its child).
 MAX_LEASE_EXPIRIES = 5
 #: The `type` of the tracker's markers (services/tracker/consumer.py records nothing of them).
@@ -55,10 +68,14 @@ MARKER_TYPE = "tracker-marker"
 _MARKER_LOST = timedelta(minutes=1)
 #: Leases, and tasks past their deadline, settled in one sweep at most (each).
 _PER_SWEEP = 100
-#: The states of a task no child runs now: past its deadline, it never will.
-_NOT_STARTED = ("scheduled", "pending", "retrying")
+#: The states of a task no child runs now: past its deadline, it never will (a task that waits
+#: for an answer included: answered late, it would run past its deadline).
+_NOT_STARTED = ("scheduled", "pending", "retrying", "input_required")
 #: A task is expired by the tracker this long after its deadline (children's clocks may lag).
 EXPIRY_GRACE = timedelta(seconds=5)
+#: An answer the API recorded this long ago, to a question its task still waits on, is applied
+#: by the tracker (the API publishes it at once: one that did not died or lost the broker).
+ANSWER_GRACE = timedelta(seconds=30)
 
 
 class OverdueSweep:
@@ -118,6 +135,10 @@ class OverdueSweep:
             for row in await self._expired(caught_up_at):
                 await self._settle(row)
                 count += 1
+            answers = [_answer(row) for row in await self._unapplied(caught_up_at - ANSWER_GRACE)]
+            if answers:
+                log.warning("%d answers recorded but never published: applying them", len(answers))
+                await self.store.write(answers)
             ended = [_expiry(row) for row in await self._past_deadline(caught_up_at - EXPIRY_GRACE)]
             if ended:
                 await self.store.write(ended)
@@ -130,9 +151,31 @@ class OverdueSweep:
 
     async def _past_deadline(self, cutoff: datetime) -> list[dict[str, Any]]:
         query = (
-            select(_TASKS.c.task_id, _TASKS.c.conversation_id, _TASKS.c.deadline, _TASKS.c.attempts)
+            select(
+                _TASKS.c.task_id,
+                _TASKS.c.conversation_id,
+                _TASKS.c.deadline,
+                _TASKS.c.attempts,
+                _TASKS.c.state,
+            )
             .where(_TASKS.c.deadline < cutoff, _TASKS.c.state.in_(_NOT_STARTED))
             .order_by(_TASKS.c.deadline)
+            .limit(_PER_SWEEP)
+        )
+        async with connection(self.engine) as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def _unapplied(self, cutoff: datetime) -> list[dict[str, Any]]:
+        """Answers the API recorded before `cutoff` to a question their task still waits on:
+        the API died (or lost the broker) before publishing them."""
+        query = (
+            select(_ANSWERS, _TASKS.c.conversation_id, _TASKS.c.recipient)
+            .join(_TASKS, _TASKS.c.task_id == _ANSWERS.c.task_id)
+            .where(
+                _TASKS.c.state == "input_required",
+                _TASKS.c.input_round == _ANSWERS.c.round,
+                _ANSWERS.c.answered_at < cutoff,
+            )
             .limit(_PER_SWEEP)
         )
         async with connection(self.engine) as conn:
@@ -251,6 +294,23 @@ class OverdueSweep:
                 log.debug("overdue sweep's channel not closed cleanly: %r", exc)
 
 
+def _answer(row: dict[str, Any]) -> Entry:
+    """The `input` entry of an answer the API recorded: the same entry as its own would be."""
+    return Entry.from_event(
+        Event(
+            event_id=answer_event_id(row["task_id"], row["round"]),
+            event="input",
+            ts=utcnow(),
+            task_id=row["task_id"],
+            conversation_id=row["conversation_id"],
+            from_=row["answered_by"],
+            to=row["recipient"],
+            round=row["round"],
+            answer=row["answer"],
+        )
+    )
+
+
 def _expiry(row: dict[str, Any]) -> Entry:
     return Entry.from_event(
         Event(
@@ -260,7 +320,11 @@ def _expiry(row: dict[str, Any]) -> Entry:
             task_id=row["task_id"],
             conversation_id=row["conversation_id"],
             attempt=row["attempts"] or None,
-            error=deadline_missed(row["deadline"]),
+            error=(
+                f"no answer by its deadline {utc_iso(row['deadline'])}"
+                if row["state"] == "input_required"
+                else deadline_missed(row["deadline"])
+            ),
         )
     )
 

@@ -14,18 +14,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.tracker.lifecycle import Entry, TaskRow, apply, with_outcome
-from services.tracker.webhooks import delivery_for, outbox_rows
+from services.tracker.lifecycle import Entry, TaskRow, apply, resumed, with_outcome
+from services.tracker.outbox import answered_row_id, outbox_row
+from services.tracker.webhooks import delivery_for
 from shared.errors import DatabaseUnavailable
 from shared.ids import utcnow
-from shared.models import LogEntry, Task, WebhookOutbox
+from shared.models import LogEntry, Task, TaskOutbox
+from shared.readmodel import INBOX_EVENTS
 from shared.schemas import TaskMessage
 
 log = logging.getLogger(__name__)
 
 _LOG = LogEntry.__table__  # type: ignore[attr-defined]
 _TASKS = Task.__table__  # type: ignore[attr-defined]
-_OUTBOX = WebhookOutbox.__table__  # type: ignore[attr-defined]
+_OUTBOX = TaskOutbox.__table__  # type: ignore[attr-defined]
 _TASK_COLUMNS = [f.name for f in dataclasses.fields(TaskRow)]
 
 
@@ -66,6 +68,8 @@ class _Applied:
     ended: set[str] = dataclasses.field(default_factory=set)
     #: The webhook deliveries the changes call for.
     deliveries: list[TaskMessage] = dataclasses.field(default_factory=list)
+    #: The outbox's rows of the tasks answered (each goes back to its pool).
+    answered: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 class Store:
@@ -74,8 +78,8 @@ class Store:
     def __init__(self, engine: AsyncEngine, on_commit: OnCommit | None = None) -> None:
         self.engine = engine
         self.on_commit = on_commit
-        #: Set when a commit recorded webhook deliveries (the tracker then publishes them).
-        self.deliveries_recorded = False
+        #: Set when a commit put tasks in the outbox (the tracker then publishes them).
+        self.outbox_filled = False
         self._pg = engine.dialect.name == "postgresql"
 
     async def ping(self) -> None:
@@ -104,6 +108,8 @@ class Store:
                 applied = await self._apply_to_tasks(conn, fresh, new_ids)
                 if applied.deliveries:
                     await self._record_deliveries(conn, applied, new_ids)
+                if applied.answered:
+                    await conn.execute(_OUTBOX.insert(), applied.answered)
         except SQLAlchemyError as exc:
             if _is_unavailable(exc):
                 raise DatabaseUnavailable(
@@ -114,10 +120,10 @@ class Store:
             raise BadBatch(f"{exc.__class__.__name__}: {exc}") from exc
         except OSError as exc:
             raise DatabaseUnavailable(f"database unreachable: {exc!r}") from exc
-        if applied.deliveries:
-            self.deliveries_recorded = True
+        if applied.deliveries or applied.answered:
+            self.outbox_filled = True
         if fresh and self.on_commit is not None:
-            messaged = {e.recipient for e in fresh if e.event == "message" and e.recipient}
+            messaged = {e.recipient for e in fresh if e.event in INBOX_EVENTS and e.recipient}
             inboxes = sorted(messaged | applied.ended)
             await self.on_commit(Committed(max(new_ids.values()), applied.changed, inboxes))
         return len(fresh)
@@ -132,7 +138,8 @@ class Store:
         own = await self._apply_to_tasks(conn, [e for e in sends if e.event_id in new_ids], new_ids)
         log_ids.update(new_ids)
         applied.changed += own.changed
-        rows = outbox_rows([d for d in applied.deliveries if d.task_id in new_ids], utcnow())
+        now = utcnow()
+        rows = [outbox_row(d.task_id, d, now) for d in applied.deliveries if d.task_id in new_ids]
         if rows:
             await conn.execute(_OUTBOX.insert(), rows)
 
@@ -188,6 +195,10 @@ class Store:
                 after[entry.task_id] = with_outcome(old, new, log_id)
                 if (delivery := delivery_for(old, new, entry, log_id)) is not None:
                     applied.deliveries.append(delivery)
+                if (answered := resumed(old, new, entry)) is not None:
+                    task, attempt = answered
+                    row_id = answered_row_id(task.task_id, len(task.inputs or ()))
+                    applied.answered.append(outbox_row(row_id, task, utcnow(), attempt))
         applied.ended = {
             r.sender for tid, r in after.items() if r.outcome_id is not None and r.sender
             and (tid not in before or before[tid].outcome_id != r.outcome_id)

@@ -270,3 +270,73 @@ def test_rejecting_without_requeue_parks_the_message(namespace: Namespace) -> No
     parked = namespace.topo.parked_queue(namespace.topo.pool_queue(POOL))
     wait_for(lambda: namespace.queue_depth(parked) == 1, what="the message to be parked")
     assert namespace.queue_depth(queue) == 0
+
+
+def test_a_child_written_from_the_page_asks_a_question(bus: Bus) -> None:
+    """docs/wire.md, "Asking for input": POST …/ask with the task as received, then ack; the
+    answer brings the task back with `inputs`, and the child finishes it."""
+    ns = bus.namespace.name
+    bus.namespace.pools.add(POOL)
+    bus.start_tracker()
+    bus.start_api()
+    connection = pika.BlockingConnection(pika.URLParameters(bus.namespace.amqp_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        queue = declare(channel, ns, POOL)
+        sent = httpx.post(
+            f"{bus.api}/api/relay/send",
+            json={"from": "master", "to": POOL, "type": "task", "cmd": "plan"},
+            headers=AUTH,
+            timeout=10,
+        )
+        task_id = sent.json()["task_id"]
+
+        def delivery() -> Any:
+            method, props, body = channel.basic_get(queue, auto_ack=False)
+            return (method, props, json.loads(body)) if method is not None else None
+
+        method, props, task = wait_for(delivery, what="the task")
+        assert "inputs" not in task
+        ask = f"{bus.api}/api/relay/tasks/{task_id}/ask"
+        body = {"question": "Which city?", "task": task, "child_id": CHILD_ID, "attempt": 1}
+        # The task was recorded by the tracker before it may ask (409 until then: retry).
+        asked = wait_for(
+            lambda: (
+                (r := httpx.post(ask, json=body, headers=AUTH, timeout=10)).status_code != 409 and r
+            ),
+            what="the question to be taken",
+        )
+        assert asked.status_code == 200, asked.text
+        channel.basic_ack(method.delivery_tag)  # the task waits on the bus now
+
+        def asking() -> Any:
+            return _get(bus, f"tasks/{task_id}").get("asking")
+
+        assert wait_for(asking, what="the question")["to"] == "master"
+        answered = httpx.post(
+            f"{bus.api}/api/relay/tasks/{task_id}/input",
+            json={"answer": "Lisbon"},
+            headers=AUTH,
+            timeout=10,
+        )
+        assert answered.status_code == 200, answered.text
+        method, props, again = wait_for(delivery, what="the task, answered")
+        assert props.headers["x-attempt"] == 1
+        assert again["task_id"] == task_id and len(again["inputs"]) == 1
+        inputs = again["inputs"][0]
+        assert (inputs["round"], inputs["question"], inputs["answer"]) == (
+            1,
+            "Which city?",
+            "Lisbon",
+        )
+        assert inputs["to"] == "master" and inputs["answered_at"].endswith("Z")
+        done = call_back(
+            bus.api, {"task_id": task_id, "child_id": CHILD_ID, "result": {"city": "Lisbon"}}
+        )
+        assert done.status_code == 200, done.text
+        channel.basic_ack(method.delivery_tag)
+    finally:
+        connection.close()
+    record = wait_for(partial(_completed, bus, task_id), what="the task to complete")
+    assert record["result"] == {"city": "Lisbon"}

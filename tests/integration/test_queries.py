@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.tracker.lifecycle import Entry
 from services.tracker.store import Store
 from shared.models import LogEntry, Task
-from shared.readmodel import LogFilter, Reader
+from shared.readmodel import INBOX_EVENTS, LogFilter, Reader
 from shared.schemas import Event, TaskMessage
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -139,7 +139,7 @@ async def test_an_inbox_holds_the_messages_to_it_and_the_outcomes_of_its_tasks(
     ):
         expected = [
             r for r in rows if r["id"] > after and (
-                (r["event"] == "message" and r["recipient"] == name)
+                (r["event"] in INBOX_EVENTS and r["recipient"] == name)
                 or r["id"] in outcomes.get(name, set())
             )
         ][:limit]  # fmt: skip

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.api.answers import Answers
 from services.api.cancels import Cancels
 from services.api.send_keys import SendKeys
 from services.tracker.lifecycle import Entry
@@ -387,7 +388,12 @@ async def test_expired_and_canceled_tasks_go_with_their_cancel(engine: AsyncEngi
     cancels = Cancels(engine)
     await cancels.record("old-canceled", "master", OLD)
     await cancels.record("recent-canceled", "master", RECENT)
+    answers = Answers(engine)  # (answers to questions they asked, say, before the end)
+    await answers.claim("old-canceled", 1, "master", "yes", OLD)
+    await answers.claim("recent-canceled", 1, "master", "yes", RECENT)
     counts = await prune(engine, CUTOFF)
     assert (counts.tasks, counts.task_entries) == (2, 4)
     assert await states(engine) == {"recent-canceled": "canceled"}
     assert await cancels.since(OLD - timedelta(days=1)) == ["recent-canceled"]
+    assert not await answers.is_recorded("old-canceled", 1, None, "yes")
+    assert await answers.is_recorded("recent-canceled", 1, None, "yes")

@@ -12,21 +12,22 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.lifecycle import Entry
+from services.tracker.outbox import Outbox
 from services.tracker.store import Store
-from services.tracker.webhooks import Outbox, delivery_id
-from shared.models import Task, WebhookOutbox
+from services.tracker.webhooks import delivery_id
+from shared.models import Task, TaskOutbox
 from shared.schemas import Event, TaskMessage
 from shared.topology import WEBHOOK_POOL
 from tests.support.bus import Namespace
 
-OUTBOX = WebhookOutbox.__table__  # type: ignore[attr-defined]
+OUTBOX = TaskOutbox.__table__  # type: ignore[attr-defined]
 TASKS = Task.__table__  # type: ignore[attr-defined]
 T0 = datetime(2026, 12, 4, tzinfo=UTC)
 
 
 async def _outboxed(engine: AsyncEngine) -> list[str]:
     async with engine.connect() as conn:
-        return list((await conn.execute(select(OUTBOX.c.task_id))).scalars())
+        return list((await conn.execute(select(OUTBOX.c.id))).scalars())
 
 
 async def test_a_recorded_delivery_outlives_a_tracker_that_never_published_it(
@@ -45,7 +46,7 @@ async def test_a_recorded_delivery_outlives_a_tracker_that_never_published_it(
     await store.write([Entry.from_task(task)])
     assert await _outboxed(engine) == []  # `pending` is not among the events it asked for
     await store.write([Entry.from_event(done)])
-    assert store.deliveries_recorded
+    assert store.outbox_filled
     # The tracker stops here, before it publishes: the delivery waits in the outbox, and is a
     # task of the bus already (a callback of it finds it).
     [waiting] = await _outboxed(engine)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.tracker.lifecycle import Entry, TaskRow, _with, apply
+from services.tracker.lifecycle import Entry, TaskRow, _with, apply, resumed
 from shared.ids import processing_event_id
 from shared.schemas import Event, TaskMessage
 
@@ -531,3 +531,86 @@ def test_a_send_behind_its_events_keeps_their_state_and_is_scheduled_only_if_non
     assert final_row([callback(32), scheduled]).state == "completed"
     ahead = event("progress", 1, progress=0.1)  # leaves the row `pending`
     assert final_row([ahead, scheduled]).state == "scheduled"
+
+
+# ---------------------------------------------------------------- input required
+
+
+def _task(**fields: Any) -> dict[str, Any]:
+    return {"task_id": TASK_ID, "from": "master", "to": "child", "type": "task", "cmd": "plan",
+            "created_at": at(0).isoformat(), "timeout_s": 30.0} | fields  # fmt: skip
+
+
+def question(ts: float, round_: int = 1, attempt: int = 1, **fields: Any) -> Entry:
+    fields.setdefault("task", _task())
+    return event("input_required", ts, attempt=attempt, child_id="w1", round=round_,
+                 question=f"q{round_}", to="user:1", **fields)  # fmt: skip
+
+
+def answered(ts: float, round_: int = 1, value: Any = "yes") -> Entry:
+    return event("input", ts, round=round_, answer=value, **{"from": "user:1"})
+
+
+def test_a_question_makes_the_task_wait_and_keeps_the_task_to_send_again() -> None:
+    row = final_row([send(0), processing(1), question(2)])
+    assert row.state == "input_required" and row.input_round == 1
+    assert row.asking is not None
+    assert (row.asking["round"], row.asking["question"], row.asking["to"]) == (1, "q1", "user:1")
+    assert row.asking["attempt"] == 1 and row.asking["task"]["timeout_s"] == 30.0
+    assert not row.final
+
+
+def test_late_news_of_the_run_that_asked_changes_nothing() -> None:
+    waiting = final_row([send(0), question(2)])
+    for late in (processing(1), event("progress", 1.5, attempt=1, progress=0.5), retry(3)):
+        after = apply(waiting, late)
+        assert after is not None and after.state == "input_required", late.event
+        assert after.asking == waiting.asking
+    # The same question again (its delivery came back): one question.
+    assert apply(waiting, question(4)) == replace(waiting, updated_at=at(4))
+
+
+def test_the_answer_sends_the_task_back_with_every_question_and_answer() -> None:
+    waiting = final_row([send(0), question(2)])
+    entry = answered(5, value={"pick": 2})
+    after = apply(waiting, entry)
+    assert after is not None and after.state == "pending" and after.asking is None
+    found = resumed(waiting, after, entry)
+    assert found is not None
+    task, attempt = found
+    assert attempt == 1 and task.timeout_s == 30.0 and task.task_id == TASK_ID
+    assert task.inputs is not None and len(task.inputs) == 1
+    (first,) = task.inputs
+    assert (first.round, first.question, first.to, first.answer) == (1, "q1", "user:1", {"pick": 2})
+    assert first.answered_by == "user:1" and first.answered_at == at(5)
+    assert task.answers == [{"pick": 2}]
+    # A second round: the task the child received carries the first answer; both go back.
+    again = question(7, round_=2, task=_task(inputs=[first.model_dump(mode="json")]))
+    waiting_2 = apply(after, again)
+    assert waiting_2 is not None and waiting_2.state == "input_required"
+    second = answered(9, round_=2, value="no")
+    done = apply(waiting_2, second)
+    assert done is not None
+    found_2 = resumed(waiting_2, done, second)
+    assert found_2 is not None and found_2[0].answers == [{"pick": 2}, "no"]
+
+
+def test_an_answer_to_no_question_or_another_round_changes_nothing() -> None:
+    waiting = final_row([send(0), question(2)])
+    stale = answered(5, round_=2)
+    assert apply(waiting, stale) == replace(waiting, updated_at=at(5))
+    assert resumed(waiting, replace(waiting, updated_at=at(5)), stale) is None
+    running = final_row([send(0), processing(1)])
+    assert apply(running, answered(5)) == replace(running, updated_at=at(5))
+
+
+@pytest.mark.parametrize("end", ["cancel", "expired"])
+def test_a_task_that_waits_can_be_canceled_or_expire(end: str) -> None:
+    waiting = final_row([send(0), question(2)])
+    fields = {"canceled_by": "master"} if end == "cancel" else {"error": "no answer"}
+    ended = apply(waiting, event(end, 5, **fields))
+    assert ended is not None and ended.final and ended.asking is None
+    # and an answer after that sends nothing
+    late = answered(6)
+    after = apply(ended, late)
+    assert after is not None and after.final and resumed(ended, after, late) is None

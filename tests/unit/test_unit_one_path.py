@@ -71,6 +71,7 @@ def bus_app() -> FastAPI:
         commits=cast(Any, Unreachable()),
         send_keys=cast(Any, Unreachable()),
         cancels=cast(Any, Unreachable()),
+        answers=cast(Any, Unreachable()),
         inbox_cursors=cast(Any, Unreachable()),
         ids=cast(Any, Unreachable()),
     )
