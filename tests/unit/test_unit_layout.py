@@ -64,3 +64,19 @@ def test_the_command_loads_a_tools_dependencies_only_when_that_tool_runs() -> No
         capture_output=True, text=True, check=True, cwd=ROOT,
     ).stdout.strip()  # fmt: skip
     assert found == "[]"
+
+
+def test_the_client_is_a_library_beside_the_services() -> None:
+    # convbus/ is what a master's or a user's program imports: the wire's models (shared/),
+    # nothing of a service, the operator's tools or the tests.
+    for path in modules("convbus"):
+        wrong = {m for m in imports(path) if m.startswith(("services", "cli", "scripts", "tests"))}
+        assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}"
+    probe = "import convbus, sys; print(sorted(m for m in {MODS} if m in sys.modules))"
+    # (aio-pika comes with the wire's models: they check a pool's name with the topology.)
+    mods = ("sqlalchemy", "fastapi", "uvicorn", "services")
+    found = subprocess.run(
+        [sys.executable, "-c", probe.replace("{MODS}", repr(mods))],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    ).stdout.strip()  # fmt: skip
+    assert found == "[]", f"importing the client loads {found}"
