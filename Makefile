@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test lint format unit bench clean
+.PHONY: venv run test lint format unit bench clean asyncapi
 
 # The environment: created when missing, reinstalled when the dependencies change.
 $(STAMP): pyproject.toml requirements.lock
@@ -39,6 +39,10 @@ unit: venv
 
 test: lint
 	$(BIN)/pytest
+
+# docs/asyncapi.json, again from the models and the topology (a test fails until it is current).
+asyncapi: venv
+	$(BIN)/convbus asyncapi > docs/asyncapi.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache convbus.db*

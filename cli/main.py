@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import bench, database, dlq, overview, services, tasks
+from cli import asyncapi, bench, database, dlq, overview, services, tasks
 from cli.common import CommandError, settings
 from shared.errors import BusError
 from shared.logs import setup_logging
@@ -20,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
         "up) and operate it.",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    for group in (services, tasks, dlq, overview, database, bench):
+    for group in (services, tasks, dlq, overview, database, bench, asyncapi):
         group.register(sub)
     return p
 
