@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import time
+from types import FrameType
 from typing import Any
 
 from cli.common import CommandError, run, settings, until_signalled, whole_number
@@ -25,11 +27,11 @@ UP_STOP_TIMEOUT = 40.0
 def cmd_api(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from services.api.app import create_app
+    from services.api.app import create_app, end_streams
 
     api = settings(ApiSettings)
     app = create_app(api)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host or api.host,
         port=args.port or api.port,
@@ -41,6 +43,16 @@ def cmd_api(args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=10,
         timeout_keep_alive=API_IDLE_CONNECTION_SECONDS,
     )
+
+    class Server(uvicorn.Server):
+        """Ends the open streams as soon as it is told to stop (uvicorn would wait for them)."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            with contextlib.suppress(RuntimeError):  # no loop running yet: nothing streams
+                asyncio.get_running_loop().call_soon_threadsafe(end_streams, app)
+
+    Server(config).run()
 
 
 def cmd_child(args: argparse.Namespace) -> None:

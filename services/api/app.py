@@ -108,3 +108,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
     hand_read.build_handlers(app)
     hand_read.add_components(app)
     return app
+
+
+def end_streams(app: FastAPI) -> None:
+    """The server was told to stop: end the open streams at once (their clients resume with
+    Last-Event-ID, here after a restart or at another replica), instead of holding the stop
+    until the graceful-shutdown timeout."""
+    services = getattr(app.state, "services", None)
+    if services is not None:
+        services.commits.end_streams()

@@ -115,6 +115,10 @@ class _Follower:
             self.entries.get_nowait()
         self.entries.put_nowait(None)
 
+    def end(self) -> None:
+        """The server stops: the stream ends (its client resumes with Last-Event-ID)."""
+        self.dropped.set()
+
 
 class CommitFeed:
     """Hears the tracker's commit notices; wakes waits and feeds streams."""
@@ -304,6 +308,12 @@ class CommitFeed:
                     self._cursor = rows[-1]["id"]
                 if len(rows) < _PAGE:
                     return
+
+    def end_streams(self) -> None:
+        """End every open stream now: the server is stopping, and would otherwise wait for them
+        until its graceful-shutdown timeout."""
+        for follower in list(self._followers):
+            follower.end()
 
     async def close(self) -> None:
         for task in (self._following, self._reading):

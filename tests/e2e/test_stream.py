@@ -79,6 +79,9 @@ def test_a_stream_gives_every_entry_once_in_order_across_an_api_restart(bus: Bus
         during = [send_task(bus, "nap", conversation_id=conversation) for _ in range(5)]
         wait_for(lambda: len(listener.entries) >= 5, what="the first entries on the stream")
         api.stop()
+        # The API ended the open stream when told to stop, rather than waiting for it until
+        # uvicorn's graceful-shutdown timeout cancelled it.
+        assert "timeout graceful shutdown exceeded" not in api.output()
         bus.procs.remove(api)
         bus.start_api(RELAY_STREAM_KEEPALIVE_S="0.5")
         after = [send_task(bus, "echo", conversation_id=conversation) for _ in range(5)]
