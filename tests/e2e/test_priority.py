@@ -36,7 +36,10 @@ def _queue_a_backlog(bus: Bus, seconds: float) -> None:
 
 def test_a_high_task_on_a_saturated_pool_starts_at_once(bus: Bus) -> None:
     bus.start_tracker()
-    bus.start_child("child", "--handlers", "bus_handlers:handlers", RELAY_CONCURRENCY="2")
+    bus.start_child(
+        "child", "--handlers", "bus_handlers:handlers", RELAY_CONCURRENCY="2",
+        RELAY_SHUTDOWN_GRACE="0.5",  # its two naps are not waited for at the end
+    )  # fmt: skip
     bus.start_api()
     _queue_a_backlog(bus, seconds=120)  # two run for two minutes, the rest wait behind them
     topo = bus.namespace.topo
