@@ -129,6 +129,8 @@ class CommitFeed:
         self.stream_buffer = stream_buffer
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._followers: set[_Follower] = set()
+        #: Set when the server stops: streams end, waits answer at once.
+        self._ending = False
         #: Every entry up to this id was handed to the streams (None: no stream is open).
         self._cursor: int | None = None
         self._cursor_lock = asyncio.Lock()
@@ -239,7 +241,7 @@ class CommitFeed:
                 changed.clear()
                 value = await read()
                 left = until - loop.time()
-                if done(value) or left <= 0:
+                if done(value) or left <= 0 or self._ending:
                     return value
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(left):
@@ -310,10 +312,14 @@ class CommitFeed:
                     return
 
     def end_streams(self) -> None:
-        """End every open stream now: the server is stopping, and would otherwise wait for them
-        until its graceful-shutdown timeout."""
+        """End every open stream now, and answer every wait with what it reads now: the server
+        is stopping, and would otherwise wait for them until its graceful-shutdown timeout."""
+        self._ending = True
         for follower in list(self._followers):
             follower.end()
+        for waiting in self._waiters.values():
+            for changed in waiting:
+                changed.set()
 
     async def close(self) -> None:
         for task in (self._following, self._reading):

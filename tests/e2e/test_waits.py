@@ -213,3 +213,22 @@ def test_a_thousand_waits_and_two_hundred_streams_while_tasks_flow(bus: Bus) -> 
 
 def _api_metric_async(answer: httpx.Response) -> tuple[float | None, float | None]:
     return sample(answer.text, "convbus_api_waits"), sample(answer.text, "convbus_api_streams")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_stopping_api_answers_its_waits_at_once(bus: Bus) -> None:
+    """A wait held open when the API is told to stop is answered with the state it reads then
+    (a clean 200), not cut by uvicorn's graceful-shutdown timeout."""
+    bus.namespace.pools.add("idle")
+    bus.start_tracker()
+    api = bus.start_api()
+    task_id = send_task(bus, "echo", to="idle")  # no child: it stays pending
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(
+            httpx.get, f"{bus.api}/api/relay/task-status/{task_id}?wait=60", timeout=90
+        )
+        wait_for(lambda: _api_metric(bus, "convbus_api_waits") == 1, what="the wait to be held")
+        api.stop()
+        answer = waiting.result(timeout=60)
+    assert answer.status_code == 200 and answer.json()["task_status"] == "pending", answer.text
+    assert "timeout graceful shutdown exceeded" not in api.output()
