@@ -273,9 +273,9 @@ def test_the_child_closes_idle_connections_before_the_api_does(
 
     from cli.services import cmd_api
 
-    served: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(options))
+    served: list[uvicorn.Config] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: served.append(server.config))
     monkeypatch.setenv("RELAY_DEV_MODE", "true")
     cmd_api(argparse.Namespace(host=None, port=None))
-    assert served["timeout_keep_alive"] == API_IDLE_CONNECTION_SECONDS
+    assert served[0].timeout_keep_alive == API_IDLE_CONNECTION_SECONDS
     assert IDLE_CONNECTION_SECONDS < API_IDLE_CONNECTION_SECONDS
