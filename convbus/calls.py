@@ -19,7 +19,6 @@ from shared.contract import (
     API_PREFIX,
     IDEMPOTENCY_KEY_HEADER,
     SEND_PATH,
-    STREAM_PATH,
     TASK_STATUS_PATH,
     TASKS_PATH,
 )
@@ -133,9 +132,6 @@ def stream_params(filters: Mapping[str, Any]) -> dict[str, Any]:
     """The query of GET /stream (`from_` may be spelt so, as a keyword)."""
     params = {("from" if k == "from_" else k): v for k, v in filters.items() if v is not None}
     return params
-
-
-STREAM = STREAM_PATH
 
 
 def settled(record: TaskResponse, after_round: int | None) -> bool:

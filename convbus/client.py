@@ -20,7 +20,6 @@ import httpx
 
 from convbus.calls import (
     RETRY_STATUSES,
-    STREAM,
     AnsweredRounds,
     Backoff,
     Call,
@@ -38,7 +37,7 @@ from convbus.calls import (
     task_call,
 )
 from convbus.errors import Invalid, Unavailable, WaitTimedOut
-from shared.contract import API_KEY_HEADER
+from shared.contract import API_KEY_HEADER, STREAM_PATH
 from shared.ids import utc_iso
 from shared.schemas import TaskResponse
 
@@ -301,7 +300,7 @@ class Client:
             headers = {} if last is None else {"Last-Event-ID": str(last)}
             try:
                 with self._http.stream(
-                    "GET", STREAM, params=params, headers=headers, timeout=timeout
+                    "GET", STREAM_PATH, params=params, headers=headers, timeout=timeout
                 ) as response:
                     if response.status_code != 200:
                         response.read()
@@ -502,7 +501,7 @@ class AsyncClient:
             headers = {} if last is None else {"Last-Event-ID": str(last)}
             try:
                 async with self._http.stream(
-                    "GET", STREAM, params=params, headers=headers, timeout=timeout
+                    "GET", STREAM_PATH, params=params, headers=headers, timeout=timeout
                 ) as response:
                     if response.status_code != 200:
                         await response.aread()

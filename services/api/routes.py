@@ -413,7 +413,6 @@ async def _task_response(
         state: TaskState = await _known(task_id, services)  # type: ignore[assignment]
         return TaskResponse(task_id=task_id, task_status=state)
     withheld = None
-    row = {**row, "asking": _asking(row)}
     if not visibility.sees_whole_task(principal, row, services.settings):
         withheld = [f for f in visibility.PRIVATE_TASK_FIELDS if row[f] is not None]
         row = {**row, **dict.fromkeys(withheld)}
@@ -442,7 +441,7 @@ async def _task_response(
         progress=row["progress"],
         progress_note=row["progress_note"],
         lease_until=row["lease_until"],
-        asking=row["asking"],
+        asking=_asking(row),
     )
 
 

@@ -46,16 +46,10 @@ def owns_task(principal: Principal, task: dict[str, Any]) -> bool:
     if task.get("sender") == principal.name:
         return True
     asking = task.get("asking")
-    if asking is not None and _asked(asking) == principal.name:
+    if asking is not None and asking.get("to") == principal.name:
         return True
     pool = task.get("recipient")
     return "callback" in principal.scopes and pool is not None and principal.may_serve(pool)
-
-
-def _asked(asking: Any) -> str | None:
-    """Who a question asks (the row's JSON, or the API's `Asking`)."""
-    asked: str | None = asking.get("to") if isinstance(asking, dict) else asking.to
-    return asked
 
 
 def sees_whole_task(

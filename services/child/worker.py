@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import enum
 import logging
-import re
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from services.child.callback import CallbackClient
 from services.child.cancels import CancelFeed
@@ -25,7 +24,6 @@ from services.child.state import FinishedTasks
 from services.child.threads import HandlerThreads
 from shared import amqp, metrics
 from shared.backoff import Backoff, retry
-from shared.contract import NAME_PATTERN
 from shared.errors import (
     BrokerUnavailable,
     BusError,
@@ -41,7 +39,14 @@ from shared.ids import new_event_id, utc_iso, utcnow
 from shared.logs import task_context
 from shared.ops import OpsServer
 from shared.retry import RetryPolicy
-from shared.schemas import MAX_INPUT_ROUNDS, CallbackRequest, TaskMessage, deadline_missed
+from shared.schemas import (
+    MAX_INPUT_ROUNDS,
+    CallbackRequest,
+    Name,
+    Question,
+    TaskMessage,
+    deadline_missed,
+)
 from shared.settings import ChildSettings
 from shared.topology import (
     DELAY_QUEUE_IDLE_MS,
@@ -59,6 +64,8 @@ log = logging.getLogger(__name__)
 #: How much later than its time a scheduled task's possible twin runs (Worker._put_off): the
 #: twin's run, if there is one, has then begun and is known to the bus.
 COPY_HEAD_START_S = 1.0
+#: A handler's question and who it asks, as the `input_required` event must carry them.
+_ASKED: TypeAdapter[tuple[str, str]] = TypeAdapter(tuple[Question, Name])
 #: A lease not published (the broker away) is tried again after this, up to 10 s.
 _LEASE_BACKOFF = Backoff(first=1.0, factor=2.0, cap=10.0)
 
@@ -619,14 +626,14 @@ class Worker:
         """Raises _Asked for the handler's question; the task fails (for good) when the question
         cannot be asked."""
         to = asked.to if asked.to is not None else task.from_
-        if not re.fullmatch(NAME_PATTERN, to):
-            why = f"InputRequired: to {to!r} is not a name (letters, digits, . _ -)"
-        elif not 1 <= len(asked.question) <= 10_000 or "\x00" in asked.question:
-            why = "InputRequired: a question of 1 to 10000 characters, without NUL"
-        elif len(task.inputs or ()) >= MAX_INPUT_ROUNDS:
-            why = f"InputRequired: more than {MAX_INPUT_ROUNDS} questions asked"
+        try:
+            _ASKED.validate_python((asked.question, to))
+        except ValidationError as exc:
+            why = f"InputRequired refused: {exc.errors(include_input=False)[0]['msg']}"
         else:
-            raise _Asked(asked.question, to)
+            if len(task.inputs or ()) < MAX_INPUT_ROUNDS:
+                raise _Asked(asked.question, to)
+            why = f"InputRequired: more than {MAX_INPUT_ROUNDS} questions asked"
         return _failed(task, self.child_id, why)
 
     async def _handler_of(self, task: TaskMessage) -> object:

@@ -145,6 +145,10 @@ def test_one_answer_per_question(bus: Bus) -> None:
     ended(bus, plain)
     assert answer(bus, plain, "x").status_code == 409
     assert answer(bus, "t_nosuchtask", "x").status_code == 404
+    # A question to a party that cannot be named fails the task, saying why.
+    unaskable = send_task(bus, "ask", payload={"to": "not a name!"})
+    refused = ended(bus, unaskable)
+    assert refused["task_status"] == "failed" and "InputRequired refused" in refused["error"]
 
 
 @ON_SQLITE
