@@ -140,6 +140,8 @@ def _has_nul(value: Any) -> bool:
         return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
     if isinstance(value, list):
         return any(_has_nul(v) for v in value)
+    if isinstance(value, BaseModel):  # a task's `inputs` (in POST /tasks/{id}/ask)
+        return any(_has_nul(getattr(value, name)) for name in type(value).model_fields)
     return False
 
 
@@ -199,8 +201,12 @@ class _NoNul(BaseModel):
 NotifyEvent = Literal[
     "processing", "retrying", "input_required", "completed", "failed", "expired", "canceled"
 ]
+#: No whitespace: spelt out, since `\s` means more characters in Python (U+0085…) than in the
+#: JSON Schema's regex, which a client checks against.
+_NO_SPACE = r"[^ \t\n\r\f\v"
 WebhookUrl = Annotated[
-    str, StringConstraints(pattern=r"^https?://[^\s/?#]+[^\s]*$", max_length=2048)
+    str,
+    StringConstraints(pattern=rf"^https?://{_NO_SPACE}/?#]+{_NO_SPACE}]*$", max_length=2048),
 ]
 
 
@@ -332,10 +338,10 @@ class InputRound(BaseModel):
     question: Question
     #: Who was asked.
     to: Name
-    asked_at: Timestamp
+    asked_at: RequestTimestamp
     answer: Any = None
     answered_by: Name
-    answered_at: Timestamp
+    answered_at: RequestTimestamp
 
 
 class TaskMessage(SendFields):
@@ -345,7 +351,9 @@ class TaskMessage(SendFields):
 
     type: Literal["task", "message"] = "task"
     task_id: Ident
-    created_at: Timestamp
+    #: A string as the OpenAPI says, as every field of a task is (a foreign child sends a task
+    #: back in POST /tasks/{id}/ask).
+    created_at: RequestTimestamp
     #: The questions its handler asked so far, with their answers, oldest first (None: none).
     inputs: Annotated[list[InputRound], Field(max_length=MAX_INPUT_ROUNDS)] | None = None
 
