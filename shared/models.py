@@ -94,11 +94,23 @@ class Task(TaskBase, table=True):
 
     __tablename__ = "tasks"
     __table_args__ = (
-        Index("ix_tasks_conversation", "conversation_id"),
+        # The task list's (GET /tasks, newest first): unfiltered, and by each of its filters.
+        Index("ix_tasks_created", "created_at", "task_id"),
+        Index("ix_tasks_conversation", "conversation_id", "created_at"),
+        Index("ix_tasks_state_created", "state", "created_at"),
+        Index("ix_tasks_sender_created", "sender", "created_at"),
+        Index("ix_tasks_cmd_created", "cmd", "created_at"),
+        # Also the pools, one probe each (Reader.pools(): a loose index scan).
+        Index("ix_tasks_recipient", "recipient", "created_at"),
         # Also the prune's: finished (completed, failed) and last updated before a cutoff.
         Index("ix_tasks_state_updated", "state", "updated_at"),
-        # The pools, one probe each (Reader.pools(): a loose index scan).
-        Index("ix_tasks_recipient", "recipient"),
+        # The overview's: the tasks that ended in the last minute.
+        Index(
+            "ix_tasks_completed",
+            "completed_at",
+            postgresql_where=text("completed_at IS NOT NULL"),
+            sqlite_where=text("completed_at IS NOT NULL"),
+        ),
         # The sweep's: the tasks with a deadline, and those whose run holds a lease.
         Index(
             "ix_tasks_deadline",

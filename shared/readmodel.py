@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, func, select, union
+from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, func, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import connection
@@ -32,6 +32,32 @@ class LogFilter:
     recipient: str | None = None
     event: str | None = None
     after: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """The filters of GET /tasks (the dashboard's table): sent at or after `since`, before
+    `before` (and at `before` with an id before `before_id`: where the previous page ended)."""
+
+    limit: int = 50
+    state: str | None = None
+    pool: str | None = None
+    sender: str | None = None
+    cmd: str | None = None
+    conversation_id: str | None = None
+    since: datetime | None = None
+    before: datetime | None = None
+    before_id: str | None = None
+
+
+#: What a row of the task list holds (not the payload, text or result: a page stays small).
+_SUMMARY = (
+    "task_id", "sender", "recipient", "cmd", "conversation_id", "state", "not_before",
+    "attempts", "child_id", "priority", "progress", "error", "created_at", "updated_at",
+    "completed_at",
+)  # fmt: skip
+#: The states a task leaves again (the rest are final).
+UNFINISHED_STATES = ("scheduled", "pending", "processing", "retrying", "input_required")
 
 
 class Reader:
@@ -106,6 +132,66 @@ class Reader:
         async with connection(self.engine) as conn:
             return sorted(str(p) for p in (await conn.execute(pools_query())).scalars())
 
+    async def tasks(self, f: TaskFilter) -> list[dict[str, Any]]:
+        """Up to `limit` tasks matching `f`, newest first (each with the state readers see)."""
+        async with connection(self.engine) as conn:
+            rows = [dict(r._mapping) for r in await conn.execute(tasks_query(f))]
+        for row in rows:
+            row["state"] = state_now(row["state"], row["not_before"])
+        return rows
+
+    async def activity(self, since: datetime) -> dict[str, dict[str, int]]:
+        """Per pool: tasks sent since `since` (`sent`), and those that ended since, by their
+        final state. Two index range scans over the last minute's rows (ix_tasks_created,
+        ix_tasks_completed), however many tasks the database holds."""
+        sent = (
+            select(_TASKS.c.recipient, func.count())
+            .where(_TASKS.c.created_at >= since, _TASKS.c.type == "task")
+            .group_by(_TASKS.c.recipient)
+        )
+        ended = (
+            select(_TASKS.c.recipient, _TASKS.c.state, func.count())
+            .where(_TASKS.c.completed_at >= since)
+            .group_by(_TASKS.c.recipient, _TASKS.c.state)
+        )
+        pools: dict[str, dict[str, int]] = {}
+        async with connection(self.engine) as conn:
+            for pool, count in await conn.execute(sent):
+                if pool is not None:
+                    pools.setdefault(pool, {})["sent"] = count
+            for pool, state, count in await conn.execute(ended):
+                if pool is not None:
+                    pools.setdefault(pool, {})[state] = count
+        return pools
+
+    async def unfinished(self) -> dict[str, int]:
+        """How many tasks are in each unfinished state (ix_tasks_state_created: only those
+        rows are read)."""
+        now = datetime.now(UTC)
+        due = and_(_TASKS.c.state == "scheduled", _TASKS.c.not_before <= now)
+        query = (
+            select(_TASKS.c.state, due.label("due"), func.count())
+            .where(_TASKS.c.state.in_(UNFINISHED_STATES))
+            .group_by(_TASKS.c.state, "due")
+        )
+        counts = dict.fromkeys(UNFINISHED_STATES, 0)
+        async with connection(self.engine) as conn:
+            for state, is_due, count in await conn.execute(query):
+                counts["pending" if is_due else state] += count
+        return counts
+
+    async def recent_failures(self, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` tasks that failed, newest first (ix_tasks_state_updated)."""
+        query = (
+            select(*(_TASKS.c[c] for c in ("task_id", "recipient", "cmd", "attempts", "error")),
+                   _TASKS.c.completed_at)
+            .where(_TASKS.c.state == "failed")
+            .order_by(_TASKS.c.updated_at.desc())
+            .limit(limit)
+        )  # fmt: skip
+        async with connection(self.engine) as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
     async def ping(self) -> None:
         async with connection(self.engine) as conn:
             await conn.execute(select(1))
@@ -134,6 +220,40 @@ def state_now(state: str, not_before: datetime | None) -> str:
     if state == "scheduled" and (not_before is None or not_before <= datetime.now(UTC)):
         return "pending"
     return state
+
+
+def tasks_query(f: TaskFilter) -> Select[Any]:
+    """GET /tasks: newest first. Each filter has an index led by its column and followed by
+    created_at (docs/operations.md shows the plans at a million tasks), so a page reads about
+    `limit` rows whichever filter picks them."""
+    columns = [_TASKS.c[name] for name in _SUMMARY]
+    created = _TASKS.c.created_at
+    where: list[ColumnElement[bool]] = []
+    if f.state == "pending":  # with the scheduled tasks whose time has come (state_now)
+        now = datetime.now(UTC)
+        where.append(_TASKS.c.state.in_(("pending", "scheduled")))
+        where.append(or_(_TASKS.c.not_before.is_(None), _TASKS.c.not_before <= now))
+    elif f.state == "scheduled":
+        where += [_TASKS.c.state == "scheduled", _TASKS.c.not_before > datetime.now(UTC)]
+    elif f.state is not None:
+        where.append(_TASKS.c.state == f.state)
+    for column, value in (
+        (_TASKS.c.recipient, f.pool),
+        (_TASKS.c.sender, f.sender),
+        (_TASKS.c.cmd, f.cmd),
+        (_TASKS.c.conversation_id, f.conversation_id),
+    ):
+        if value is not None:
+            where.append(column == value)
+    if f.since is not None:
+        where.append(created >= f.since)
+    if f.before is not None and f.before_id is not None:
+        # `created <= before` bounds the index scan; the rest breaks ties within one timestamp.
+        where += [created <= f.before, or_(created < f.before, _TASKS.c.task_id < f.before_id)]
+    elif f.before is not None:
+        where.append(created < f.before)
+    order = (created.desc(), _TASKS.c.task_id.desc())
+    return select(*columns).where(*where).order_by(*order).limit(f.limit)
 
 
 def logs_query(f: LogFilter) -> Select[Any]:
