@@ -589,6 +589,112 @@ class TaskResponse(BaseModel):
     withheld: list[str] | None = None
 
 
+class TaskSummary(BaseModel):
+    """A row of GET /api/relay/tasks: a task without its payload, text and result."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    task_id: str
+    from_: str | None = Field(default=None, alias="from")
+    to: str | None = None
+    cmd: str | None = None
+    conversation_id: str | None = None
+    task_status: TaskState
+    attempts: int = 0
+    child_id: str | None = None
+    priority: str | None = None
+    progress: float | None = None
+    #: The error's first 300 characters (the whole one is on GET /tasks/{task_id}).
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+
+
+class NextPage(BaseModel):
+    """The query of the next (older) page: the same filters, with these."""
+
+    before: datetime
+    before_id: str
+
+
+class TaskListResponse(Ok):
+    """GET /api/relay/tasks: a page of tasks, newest first."""
+
+    tasks: list[TaskSummary]
+    #: Where the next page starts; null on the last page.
+    next_page: NextPage | None = None
+
+
+class QueueDepths(BaseModel):
+    """A pool's queues as RabbitMQ counts them."""
+
+    ready: int
+    unacked: int
+    consumers: int
+    #: Tasks in the pool's parking lot (failed for good, or refused): GET /dlq lists them.
+    parked: int
+    #: Tasks waiting in the pool's retry queues for their next attempt.
+    retrying: int
+    #: High-priority tasks, ready or delivered.
+    high: int
+
+
+class PoolActivity(BaseModel):
+    """One pool: its queues, and what its tasks did in the last minute."""
+
+    pool: str
+    #: Null when RabbitMQ's management API could not be read (`queues_error` says why).
+    queues: QueueDepths | None = None
+    sent_last_minute: int = 0
+    #: Tasks that ended (completed, failed, expired, canceled) in the last minute.
+    ended_last_minute: int = 0
+    failed_last_minute: int = 0
+
+
+class TrackerDepths(BaseModel):
+    #: Sends and events in the tracker's queue, not yet in its database.
+    lag: int
+    consumers: int
+    parked: int
+
+
+class RecentFailure(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    task_id: str
+    to: str | None = None
+    cmd: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    completed_at: datetime | None = None
+
+
+class OverviewResponse(Ok):
+    """GET /api/relay/overview: is work flowing, what waits, what failed."""
+
+    measured_at: datetime
+    pools: list[PoolActivity]
+    #: Null when RabbitMQ's management API could not be read.
+    tracker: TrackerDepths | None = None
+    #: Why the queue depths are missing, if they are.
+    queues_error: str | None = None
+    #: How many tasks are in each unfinished state now.
+    unfinished: dict[str, int]
+    #: The last tasks that failed, newest first.
+    recent_failures: list[RecentFailure]
+
+
+class KeyInfo(Ok):
+    """GET /api/relay/me: whose key this is and what it may do."""
+
+    name: str
+    scopes: list[str]
+    #: The pools a `callback` key serves (null: any).
+    pools: list[str] | None = None
+    send_as_any: bool = False
+
+
 class LogsResponse(Ok):
     """GET /api/relay/logs: entries oldest first."""
 

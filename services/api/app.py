@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
-from services.api import dlq, errors, hand_read, health
+from services.api import dashboard, dlq, errors, hand_read, health, ui
 from services.api.answers import Answers
 from services.api.auth import KeyRing
 from services.api.bodies import BodySizeLimit, JsonContentType
@@ -20,6 +20,7 @@ from services.api.deps import Services
 from services.api.inboxes import InboxCursors
 from services.api.limits import PROGRESS_BURST, PROGRESS_RATE, Limiter
 from services.api.metrics import AnswerCounter
+from services.api.queue_depths import QueueDepthReader
 from services.api.routes import hand_read_router, router
 from services.api.send_keys import SendKeys
 from shared.db import make_engine
@@ -75,6 +76,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             answers=Answers(engine),
             inbox_cursors=InboxCursors(engine),
             ids=TaskIds(derive_secret(secret)),
+            queue_depths=QueueDepthReader(settings),
         )
         try:
             yield
@@ -103,6 +105,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     hand_read.mount_first(app, hand_read_router)
     app.include_router(router)
     app.include_router(dlq.router)
+    app.include_router(dashboard.router)
+    app.include_router(ui.router)
     app.include_router(health.router)
 
     hand_read.build_handlers(app)

@@ -16,6 +16,7 @@ from services.api.commits import CommitFeed
 from services.api.errors import UNAUTHORIZED, ApiError
 from services.api.inboxes import InboxCursors
 from services.api.limits import Limiter
+from services.api.queue_depths import QueueDepthReader
 from services.api.send_keys import SendKeys
 from shared.contract import API_KEY_HEADER
 from shared.ids import TaskIds
@@ -42,6 +43,8 @@ class Services:
     answers: Answers
     inbox_cursors: InboxCursors
     ids: TaskIds
+    #: RabbitMQ's queue depths for the dashboard's overview (services/api/dashboard.py).
+    queue_depths: QueueDepthReader
 
 
 def services_of(request: Request) -> Services:
@@ -105,3 +108,5 @@ CallbackKey = Annotated[Principal, Depends(_scope("callback"))]
 CancelKey = Annotated[Principal, Depends(_scope("send", "admin"))]
 AnswerKey = Annotated[Principal, Depends(_scope("send", "admin"))]
 AdminKey = Depends(_scope("admin"))
+#: An operator's key: reads everything (services/api/visibility.py).
+OperatorKey = Annotated[Principal, Depends(_scope("read", "admin"))]

@@ -29,7 +29,7 @@ from shared.settings import ApiSettings
 KEY = "k" * 32
 #: Served, and on purpose not in the OpenAPI: operations' probes and FastAPI's own pages.
 UNDOCUMENTED = {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
-                "/openapi.json"}  # fmt: skip
+                "/openapi.json", "/ui", "/ui/", "/ui/{name}"}  # fmt: skip
 
 
 class Unreachable:
@@ -74,6 +74,7 @@ def bus_app() -> FastAPI:
         answers=cast(Any, Unreachable()),
         inbox_cursors=cast(Any, Unreachable()),
         ids=cast(Any, Unreachable()),
+        queue_depths=cast(Any, Unreachable()),
     )
     return app
 
