@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test lint format unit bench clean asyncapi
+.PHONY: venv browser run test lint format unit bench clean asyncapi
 
 # The environment: created when missing, reinstalled when the dependencies change.
 $(STAMP): pyproject.toml requirements.lock
@@ -14,6 +14,14 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The browser of the dashboard's tests (tests/e2e/test_dashboard.py): Debian's chromium, since
+# Playwright's own browser downloads are not reachable from every machine that runs the tests.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { echo "installing chromium (Debian) for the dashboard's browser tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }; }
 
 # The whole bus on the local RabbitMQ, SQLite by default, API on http://127.0.0.1:8008.
 run: venv
@@ -37,7 +45,7 @@ format: venv
 unit: venv
 	$(BIN)/pytest -m "not integration"
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
 
 # docs/asyncapi.json, again from the models and the topology (a test fails until it is current).
