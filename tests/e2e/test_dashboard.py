@@ -151,7 +151,24 @@ def test_a_sent_task_appears_and_completes_live_with_its_timeline(ui_bus: Bus, u
     state_of(page, task_id).to_have_attribute("data-state", "completed")
     assert first_seen in ("pending", "processing"), first_seen
     assert page.evaluate("window.notReloaded") is True
-    shoot(page, "tasks")
+
+    # Pages: two tasks a page, older and back to the newest.
+    older = send_task(ui_bus, "nap", payload={"seconds": 0}, conversation_id="conv-ui")
+    newer = send_task(ui_bus, "nap", payload={"seconds": 0}, conversation_id="conv-ui")
+    for sent in (older, newer):
+        wait_for(lambda t=sent: record(ui_bus, t)["task_status"] == "completed", what="a task")
+    page.goto(f"{ui_bus.api}/ui#/tasks?conversation_id=conv-ui&limit=2")
+    rows = page.locator("#tasks tbody tr[data-task-id]")
+    expect(rows.first).to_have_attribute("data-task-id", newer)
+    expect(rows.nth(1)).to_have_attribute("data-task-id", older)
+    expect(rows).to_have_count(2)
+    page.click("#older")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-task-id", task_id)
+    expect(page.locator("#older")).to_have_count(0)
+    page.click("#newest")
+    expect(rows.first).to_have_attribute("data-task-id", newer)
+    page.goto(f"{ui_bus.api}/ui#/tasks?conversation_id=conv-ui")
 
     row.locator("a").first.click()
     timeline = page.locator("#timeline li")
@@ -175,7 +192,6 @@ def test_a_sent_task_appears_and_completes_live_with_its_timeline(ui_bus: Bus, u
     # RabbitMQ's statistics, every 0.5 s on this node, have it).
     expect(pool.locator("td").nth(3)).to_have_text(re.compile(r"^[1-9]"))
     expect(page.locator("#tracker")).to_contain_text("consumer")
-    shoot(page, "overview")
 
 
 def test_a_failing_task_shows_its_retries_parks_and_replays_to_completed(
@@ -286,6 +302,14 @@ def test_a_read_only_key_sees_actions_disabled_and_is_refused_anyway(
     still = httpx.get(f"{ui_bus.api}/api/relay/dlq/{task_id}", headers=AUTH, timeout=5)
     assert still.status_code == 200  # still parked
     assert record(ui_bus, task_id)["task_status"] == "failed"
+
+    # The pictures of docs/img: by now the module's tasks have run, failed, parked, replayed.
+    page.click("nav a[data-view=overview]")
+    expect(page.locator("#overview table.grid").nth(1)).to_contain_text("boom")
+    shoot(page, "overview")
+    page.click("nav a[data-view=tasks]")
+    expect(page.locator("#tasks tbody tr[data-task-id]").nth(4)).to_be_visible()
+    shoot(page, "tasks")
 
     # The key went as a header only: in no URL the page asked for, nor in any process's log.
     assert ui.urls and not [url for url in ui.urls if READ_KEY in url]

@@ -270,7 +270,8 @@ function signInView(message) {
         return;
       }
       saveSession({ key, me: { name: me.name, scopes: me.scopes } });
-      location.hash = "#/overview";
+      // A link to a task or a page opened before signing in leads there now.
+      if (!location.hash || location.hash.startsWith("#/signin")) location.hash = "#/overview";
       route();
     } catch (failed) {
       error.textContent = failed instanceof Refused && failed.status === 401
@@ -344,6 +345,7 @@ const TASK_FILTERS = ["state", "pool", "from", "cmd", "conversation_id", "since"
 
 async function tasksView(signal, params) {
   const filters = Object.fromEntries(TASK_FILTERS.map((f) => [f, params.get(f) || ""]));
+  const limit = params.get("limit") || "";
   // Where this page starts (an older page's), apart from the filters.
   const page = { before: params.get("page_before") || "", before_id: params.get("page_before_id") || "" };
   const input = (name, attrs = {}) => el("label", {}, name.replace("_id", ""),
@@ -373,13 +375,13 @@ async function tasksView(signal, params) {
   const refresh = serial(async () => {
     try {
       const bounds = page.before ? { before: page.before, before_id: page.before_id } : {};
-      const found = await api("/tasks" + query({ ...filters, ...bounds, limit: 50 }), { signal });
+      const found = await api("/tasks" + query({ ...filters, ...bounds, limit: limit || 50 }), { signal });
       tbody.replaceChildren(...found.tasks.map(taskRow));
       if (found.tasks.length === 0) tbody.append(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No task matches.")));
       const next = found.next_page;
       pager.replaceChildren(
-        page.before ? el("a", { href: "#/tasks" + query(filters), class: "button-like" }, "⇤ Newest") : "",
-        next ? el("a", { href: "#/tasks" + query({ ...filters, page_before: next.before, page_before_id: next.before_id }), class: "button-like", id: "older" }, "Older →") : "");
+        page.before ? el("a", { href: "#/tasks" + query({ ...filters, limit }), class: "button-like", id: "newest" }, "⇤ Newest") : "",
+        next ? el("a", { href: "#/tasks" + query({ ...filters, limit, page_before: next.before, page_before_id: next.before_id }), class: "button-like", id: "older" }, "Older →") : "");
       notice("");
     } catch (error) {
       if (!signal.aborted) notice(`Tasks not read: ${failure(error)}`);
