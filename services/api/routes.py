@@ -557,6 +557,8 @@ async def ask(
     if row["state"] in FINAL_STATES:
         raise ApiError(409, f"task already {row['state']}")
     round_ = len(body.task.inputs or ()) + 1
+    if round_ > MAX_INPUT_ROUNDS:
+        raise ApiError(409, f"task asked {MAX_INPUT_ROUNDS} questions already: no more")
     event = Event(
         event_id=question_event_id(task_id, round_),
         event="input_required",

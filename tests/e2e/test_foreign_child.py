@@ -308,6 +308,23 @@ def test_a_child_written_from_the_page_asks_a_question(bus: Bus) -> None:
             what="the question to be taken",
         )
         assert asked.status_code == 200, asked.text
+        # A task that asked its last round already (at most 100: docs/wire.md) asks no more
+        # (the schema fuzzer's 500).
+        rounds = [
+            {
+                "round": n,
+                "question": "?",
+                "to": "master",
+                "asked_at": task["created_at"],
+                "answered_by": "master",
+                "answered_at": task["created_at"],
+            }
+            for n in range(1, 101)
+        ]
+        too_many = {**body, "task": {**task, "inputs": rounds}}
+        refused = httpx.post(ask, json=too_many, headers=AUTH, timeout=10)
+        assert refused.status_code == 409, refused.text
+        assert "100 questions already" in refused.json()["msg"]
         channel.basic_ack(method.delivery_tag)  # the task waits on the bus now
 
         def asking() -> Any:
