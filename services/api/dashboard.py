@@ -6,14 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.api.auth import Principal
 from services.api.deps import AnyKey, OperatorKey, ServicesDep
 from shared.contract import API_PREFIX, IDENT_PATTERN, MAX_LIMIT, NAME_PATTERN
 from shared.ids import utcnow
-from shared.overview import Overview
 from shared.readmodel import TaskFilter
 from shared.schemas import (
     ErrorResponse,
@@ -108,16 +107,8 @@ def _summary(row: dict[str, Any]) -> TaskSummary:
     )
 
 
-async def _depths(services: ServicesDep) -> tuple[Overview | None, str | None]:
-    return await services.queue_depths.read()
-
-
 @router.get("/overview", response_model=OverviewResponse, responses=_ERRORS)
-async def overview(
-    services: ServicesDep,
-    principal: OperatorKey,
-    depths: Annotated[tuple[Overview | None, str | None], Depends(_depths)],
-) -> OverviewResponse:
+async def overview(services: ServicesDep, principal: OperatorKey) -> OverviewResponse:
     """Per pool: its queues (from RabbitMQ's management API, when it can be read) and the
     tasks sent, ended and failed in the last minute; the tracker's lag; how many tasks wait in
     each unfinished state; the last failures. For operators' keys (`read`, `admin`)."""
@@ -125,7 +116,7 @@ async def overview(
     activity = await services.reader.activity(now - LAST_MINUTE)
     unfinished = await services.reader.unfinished()
     failures = await services.reader.recent_failures(RECENT_FAILURES)
-    queues, queues_error = depths
+    queues, queues_error = await services.queue_depths.read()
     pools: dict[str, PoolActivity] = {}
     for pool_queues in queues.pools if queues is not None else []:
         pools[pool_queues.pool] = PoolActivity(
