@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from typing import Any
 
 import httpx
@@ -317,3 +319,22 @@ def test_a_streamed_body_is_cut_off_whatever_it_announces(bus: Bus) -> None:
         timeout=30,
     )
     assert response.status_code == 413 and response.json()["status"] == "error"
+
+
+def test_a_client_that_writes_its_whole_body_first_still_reads_the_413(bus: Bus) -> None:
+    # Python's urllib (and requests) send the whole body before reading the answer. An answer
+    # sent, and the connection closed, with the body still unread makes the kernel reset the
+    # connection: the client saw "connection reset", never the 413, until the API read the
+    # rest of the body (up to a bound) before answering.
+    bus.start_api()
+    body = b'{"from":"m","to":"c","text":"' + b"x" * (3 * 1024 * 1024) + b'"}'
+    for _ in range(3):
+        request = urllib.request.Request(
+            f"{bus.api}/api/relay/send",
+            data=body,
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 413
+        assert json.loads(refused.value.read())["msg"] == "request body larger than 1048576 bytes"

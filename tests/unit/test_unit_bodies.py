@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,13 +114,47 @@ def assert_413(client: Client) -> None:
     }
 
 
-async def test_honest_content_length_over_max_is_413_without_reading() -> None:
+async def test_honest_content_length_over_max_is_413_once_the_body_is_read_and_dropped() -> None:
+    # Read, not answered at once: a client writing its whole body before it reads would find
+    # the connection reset under it (its data unread) instead of the 413.
     body = b"x" * (MAX + 1)
     headers = [(b"content-type", b"application/json"), (b"content-length", b"101")]
-    inner, client = await run(http_scope(headers=headers), [body])
+    inner, client = await run(http_scope(headers=headers), [b"x" * 50, b"x" * 51])
     assert_413(client)
     assert inner.calls == 0
-    assert client.received == 0
+    assert client.received == 2
+    assert b"connection" not in client.headers  # all read: the connection may serve again
+    assert len(body) == 101
+
+
+async def test_a_refused_body_is_dropped_only_within_bounds_then_the_connection_closes() -> None:
+    chunks = [b"x" * 60] * 10  # 600 bytes, over MAX and over what the guard drops
+    client = Client(chunks)
+    guarded = BodySizeLimit(Inner(), max_body=MAX, drain_bytes=200)
+    await guarded(http_scope(), client.receive, client.send)
+    assert_413(client)
+    assert client.headers[b"connection"] == b"close"
+    assert client.received < len(chunks)
+
+
+async def test_a_refused_body_that_never_ends_is_answered_after_the_drains_time() -> None:
+    async def slow_receive() -> Message:
+        await asyncio.sleep(0.01)
+        return {"type": "http.request", "body": b"x" * 60, "more_body": True}
+
+    client = Client([])
+    guarded = BodySizeLimit(Inner(), max_body=MAX, drain_seconds=0.1)
+    await guarded(http_scope(), slow_receive, client.send)
+    assert_413(client)
+    assert client.headers[b"connection"] == b"close"
+
+
+async def test_a_client_leaving_while_its_refused_body_drains_gets_nothing() -> None:
+    client = Client([b"x" * 101], then=[])
+    client.messages[0]["more_body"] = True
+    client.messages.append({"type": "http.disconnect"})
+    await guard(Inner(), max_body=MAX)(http_scope(), client.receive, client.send)
+    assert client.sent == []
 
 
 async def test_body_over_max_streamed_with_a_lying_content_length_is_413() -> None:
