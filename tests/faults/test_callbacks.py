@@ -81,3 +81,29 @@ def test_a_child_killed_after_its_callback_before_its_ack_does_not_run_it_again(
         wait_for(lambda: bus.namespace.queue_depth(bus.namespace.topo.pool_queue("child")) == 0)
     assert int(count.read_text()) == 1
     assert proxy.forwarded_callbacks == 1
+
+
+def test_a_child_killed_while_its_callback_is_on_the_way_leaves_the_task_to_the_next(
+    bus: Bus,
+) -> None:
+    # The callback never reaches the API: only a child that acks after its callback answered
+    # leaves the delivery to be redelivered. One that acked earlier (before the callback, or
+    # while it was on the way) would lose the task here: it would never complete.
+    bus.start_tracker()
+    bus.start_api()
+    count = bus.workdir / "runs.count"
+    with callback_proxy(bus.api) as proxy:
+        proxy.mode = "hold_before"
+        victim = bus.start_child("child", *HANDLERS, LYNKER_API_BASE=proxy.url)
+        task_id = send_task(bus, "flaky", payload={"counter": str(count), "fail_times": 0})
+        assert proxy.held.wait(30), "the child never called back"
+        victim.popen.send_signal(signal.SIGKILL)
+        victim.popen.wait(10)
+        proxy.release.set()  # the callback is dropped: the API never saw it
+        wait_for(lambda: proxy.dropped_callbacks == 1, what="the callback to be dropped")
+        assert record(bus, task_id)["task_status"] != "completed"
+        bus.start_child("child", *HANDLERS)
+        assert_exactly_once(bus.database_url, [task_id])
+    assert proxy.forwarded_callbacks == 0
+    # The next child found the outcome the first one recorded before calling back.
+    assert int(count.read_text()) == 1

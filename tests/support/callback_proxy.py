@@ -11,13 +11,15 @@ import httpx
 
 
 class CallbackProxy:
-    """Forwards to the API; `mode` "fail" answers 500, "hold" forwards then keeps the answer."""
+    """Forwards to the API; `mode` "fail" answers 500, "hold" forwards then keeps the answer,
+    "hold_before" keeps the callback before the API sees it, then drops it (answers 502)."""
 
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
         self.mode = "pass"
         self.forwarded_callbacks = 0
         self.refused_callbacks = 0
+        self.dropped_callbacks = 0
         self.held = threading.Event()  # set once a callback was forwarded and is being held
         self.release = threading.Event()
         proxy = self
@@ -33,6 +35,12 @@ class CallbackProxy:
                 if is_callback and proxy.mode == "fail":
                     proxy.refused_callbacks += 1
                     self._answer(500, b'{"status":"error","msg":"injected failure"}')
+                    return
+                if is_callback and proxy.mode == "hold_before":
+                    proxy.held.set()
+                    proxy.release.wait(60)
+                    proxy.dropped_callbacks += 1
+                    self._answer(502, b'{"status":"error","msg":"dropped on the way"}')
                     return
                 upstream = httpx.request(
                     method,
