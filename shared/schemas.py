@@ -201,9 +201,9 @@ class _NoNul(BaseModel):
 NotifyEvent = Literal[
     "processing", "retrying", "input_required", "completed", "failed", "expired", "canceled"
 ]
-#: No whitespace: spelt out, since `\s` means more characters in Python (U+0085…) than in the
-#: JSON Schema's regex, which a client checks against.
-_NO_SPACE = r"[^ \t\n\r\f\v"
+#: No whitespace (spelt out, since `\s` means more characters in Python, U+0085…, than in the
+#: JSON Schema's regex, which a client checks against), and no NUL (refused everywhere).
+_NO_SPACE = r"[^ \t\n\r\f\v\x00"
 WebhookUrl = Annotated[
     str,
     StringConstraints(pattern=rf"^https?://{_NO_SPACE}/?#]+{_NO_SPACE}]*$", max_length=2048),
@@ -339,7 +339,8 @@ class InputRound(BaseModel):
     #: Who was asked.
     to: Name
     asked_at: RequestTimestamp
-    answer: Any = None
+    #: NUL-free, as a send's payload (the database stores it): the schema says so.
+    answer: Result = None
     answered_by: Name
     answered_at: RequestTimestamp
 
