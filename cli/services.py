@@ -42,6 +42,10 @@ def cmd_api(args: argparse.Namespace) -> None:
         http="httptools",
         timeout_graceful_shutdown=10,
         timeout_keep_alive=API_IDLE_CONNECTION_SECONDS,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default: here only from the
+        # proxies the operator names (RELAY_TRUSTED_PROXIES).
+        proxy_headers=api.trusted_proxies is not None,
+        forwarded_allow_ips=api.trusted_proxies or "",
     )
 
     class Server(uvicorn.Server):

@@ -120,6 +120,10 @@ class ApiSettings(BusSettings):
     #: Failed authentications a second per client address, and the burst; then 429.
     auth_failure_rate: float = Field(default=0.5, ge=0)
     auth_failure_burst: float = Field(default=20.0, ge=1)
+    #: The proxies whose X-Forwarded-For (and X-Forwarded-Proto) the API believes: their
+    #: addresses or networks, comma-separated, or `*`. Unset: none, and a client's address
+    #: (the failed-authentication bucket's key) is the peer's, whatever headers it sends.
+    trusted_proxies: str | None = None
     #: Serve /docs, /redoc and /openapi.json (switch off in production if you like).
     openapi: bool = True
 

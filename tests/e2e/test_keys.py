@@ -142,6 +142,23 @@ def test_sends_and_failed_authentications_are_rate_limited(bus: Bus) -> None:
     assert "Retry-After" in blocked.headers
 
 
+def test_a_forwarded_address_counts_only_from_a_trusted_proxy(bus: Bus) -> None:
+    limits = {"RELAY_AUTH_FAILURE_RATE": "0.01", "RELAY_AUTH_FAILURE_BURST": "3"}
+
+    def wrong_key(client: str) -> int:
+        headers = {"X-Relay-API-Key": "wrong", "X-Forwarded-For": client}
+        return httpx.get(f"{bus.api}/api/relay/me", headers=headers, timeout=10).status_code
+
+    # No proxy trusted (the default): a client cannot pick its own address, one bucket here.
+    api = bus.start_api(**limits)
+    assert [wrong_key(f"198.51.100.{n}") for n in range(4)] == [401, 401, 401, 429]
+    api.stop()
+    # This address a proxy: each client behind it has its own bucket.
+    bus.start_api(RELAY_TRUSTED_PROXIES="127.0.0.1", **limits)
+    assert [wrong_key("198.51.100.1") for _ in range(4)] == [401, 401, 401, 429]
+    assert wrong_key("198.51.100.2") == 401
+
+
 def test_the_openapi_pages_can_be_switched_off(bus: Bus) -> None:
     bus.start_api(RELAY_OPENAPI="false")
     for path in ("/docs", "/redoc", "/openapi.json"):
