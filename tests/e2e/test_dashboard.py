@@ -173,7 +173,7 @@ def test_a_sent_task_appears_and_completes_live_with_its_timeline(ui_bus: Bus, u
     row.locator("a").first.click()
     timeline = page.locator("#timeline li")
     expect(timeline.first).to_be_visible()
-    assert [e for e in timeline.evaluate_all("els => els.map(e => e.dataset.event)")] == [
+    assert timeline.evaluate_all("els => els.map(e => e.dataset.event)") == [
         "send", "processing", "callback",
     ]  # fmt: skip
     expect(page.locator("#result")).to_contain_text('"napped": true')

@@ -117,14 +117,12 @@ def assert_413(client: Client) -> None:
 async def test_honest_content_length_over_max_is_413_once_the_body_is_read_and_dropped() -> None:
     # Read, not answered at once: a client writing its whole body before it reads would find
     # the connection reset under it (its data unread) instead of the 413.
-    body = b"x" * (MAX + 1)
     headers = [(b"content-type", b"application/json"), (b"content-length", b"101")]
     inner, client = await run(http_scope(headers=headers), [b"x" * 50, b"x" * 51])
     assert_413(client)
     assert inner.calls == 0
     assert client.received == 2
     assert b"connection" not in client.headers  # all read: the connection may serve again
-    assert len(body) == 101
 
 
 async def test_a_refused_body_is_dropped_only_within_bounds_then_the_connection_closes() -> None:
