@@ -116,6 +116,7 @@ EventName = Literal[
     "cancel",
     "input_required",
     "input",
+    "withdrawn",
 ]
 #: The longest a handler may be given (`timeout_s`): a week.
 MAX_TIMEOUT_S = 7 * 24 * 3600

@@ -13,7 +13,8 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from shared import amqp, metrics
 from shared.backoff import retry
-from shared.errors import BrokerUnavailable, BusError
+from shared.errors import BrokerUnavailable, BusError, PublishRefused
+from shared.ids import new_event_id, utcnow
 from shared.parking import ParkingLots
 from shared.schemas import Event, TaskMessage
 from shared.settings import ApiSettings
@@ -133,20 +134,50 @@ class BrokerLink:
                         await declare_pool(self._channel, self.topo, declared, pool)
             declared_here.add(pool)
 
-    async def publish_task(self, task: TaskMessage, attempt: int = 1) -> None:
-        """Publish a task to its pool (declared first, so it is never confirmed and dropped)."""
+    async def publish_task(self, task: TaskMessage) -> None:
+        """Publish a task to its pool (declared first, so it is never confirmed and dropped).
+
+        A task RabbitMQ refuses (a queue turned it away: a length limit, say) may still have
+        reached the tracker's queue, which the send also routes to: it is withdrawn before
+        PublishRefused is raised, so the tracker forgets it. (A key's earlier publish may have
+        been confirmed, its confirmation lost with the API that made it: the tracker then
+        forgets the send until the client's retry, and a child still runs the task once.)
+        """
         await self._ensure_pool(task.to, task.priority)
         started = time.perf_counter()
-        await amqp.publish(
-            self._require().tasks_of(task.priority),
-            self.topo.task_routing_key(task.to),
-            task,
-            task.task_id,
-            timeout=self.settings.publish_timeout,
-            message_type="task",
-            headers={amqp.ATTEMPT_HEADER: attempt},
-        )
+        try:
+            await amqp.publish(
+                self._require().tasks_of(task.priority),
+                self.topo.task_routing_key(task.to),
+                task,
+                task.task_id,
+                timeout=self.settings.publish_timeout,
+                message_type="task",
+                headers={amqp.ATTEMPT_HEADER: 1},
+            )
+        except PublishRefused:
+            await self._withdraw(task)
+            raise
         metrics.PUBLISH_CONFIRM.labels("task").observe(time.perf_counter() - started)
+
+    async def _withdraw(self, task: TaskMessage) -> None:
+        """Tell the tracker to forget a task whose publish RabbitMQ refused, before the 503
+        (confirmed first: a send retried under the same key comes after it on the tracker's
+        queue). If that cannot be published either, the tracker goes on showing the task
+        `pending`: the error says which."""
+        event = Event(
+            event_id=new_event_id(),
+            event="withdrawn",
+            ts=utcnow(),
+            task_id=task.task_id,
+            from_=task.from_,
+            to=task.to,
+        )
+        try:
+            await self.publish_event(event)
+        except BusError as exc:
+            log.error("task %s was refused, and its withdrawal too (it reads pending): %s",
+                      task.task_id, exc)  # fmt: skip
 
     async def publish_event(self, event: Event) -> None:
         """Publish an event for the tracker, confirmed."""

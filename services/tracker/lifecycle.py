@@ -7,6 +7,7 @@ A run past the child's hold takes a lease (``lease``), renewed by ``progress`` h
 lease the tracker finds expired (``lease_expired``) sends the task back: ``retrying``.
 A task not started by its deadline ends ``expired``, a ``cancel`` ends it ``canceled``: both
 final, from any state but a final one (a callback that comes after changes nothing).
+A ``withdrawn`` takes back a task no child has taken: RabbitMQ refused its send (`withdraws`).
 A handler that asks a question (``input_required``) ends its run: the task waits, held by no
 child, until the answer (``input``) sends it back to its pool, ``pending`` (`resumed`); news
 of the run that asked, arriving late, changes nothing meanwhile.
@@ -183,8 +184,8 @@ def apply(row: TaskRow | None, entry: Entry) -> TaskRow | None:
     if isinstance(source, TaskMessage):
         return _sent(row, source, entry.ts)
 
-    if entry.task_id is None or source.event in ("message", "ack"):
-        return row
+    if entry.task_id is None or source.event in ("message", "ack", "withdrawn"):
+        return row  # a withdrawal that takes effect is the store's (`withdraws`)
     if row is None:
         row = TaskRow(
             task_id=entry.task_id, state="pending", created_at=entry.ts, updated_at=entry.ts
@@ -314,6 +315,22 @@ def resumed(before: TaskRow | None, after: TaskRow, entry: Entry) -> tuple[TaskM
     )
     inputs = [*(task.inputs or ()), answered]
     return task.model_copy(update={"inputs": inputs}), asking["attempt"]
+
+
+def withdraws(row: TaskRow | None, entry: Entry) -> bool:
+    """Whether `entry` takes the task back: RabbitMQ refused the publish of its send (a queue
+    turned it away, so the API answered 503) and nothing but the send is known of it. Its row
+    and its log go (the task does not exist). Once a child has taken it the withdrawal came
+    too late (another queue than the pool's refused it): it is a log entry, nothing more."""
+    return (
+        entry.event == "withdrawn"
+        and row is not None
+        and row.send_seen
+        and row.state in ("pending", "scheduled")
+        and row.attempts == 0
+        and row.child_id is None
+        and row.input_round == 0
+    )
 
 
 def _sent(row: TaskRow | None, source: TaskMessage, ts: datetime) -> TaskRow:

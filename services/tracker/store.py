@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -14,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.tracker.lifecycle import Entry, TaskRow, apply, resumed, with_outcome
+from services.tracker.lifecycle import Entry, TaskRow, apply, resumed, with_outcome, withdraws
 from services.tracker.outbox import answered_row_id, outbox_row
 from services.tracker.webhooks import delivery_for
 from shared.errors import DatabaseUnavailable
@@ -70,6 +71,15 @@ class _Applied:
     deliveries: list[TaskMessage] = dataclasses.field(default_factory=list)
     #: The outbox's rows of the tasks answered (each goes back to its pool).
     answered: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: The tasks withdrawn (their rows and log entries go).
+    withdrawn: set[str] = dataclasses.field(default_factory=set)
+
+    def merge(self, other: _Applied) -> None:
+        self.changed += other.changed
+        self.ended |= other.ended
+        self.deliveries += other.deliveries
+        self.answered += other.answered
+        self.withdrawn |= other.withdrawn
 
 
 class Store:
@@ -96,20 +106,27 @@ class Store:
         Raises DatabaseUnavailable when the database cannot be reached (retry the batch later)
         and BadBatch when it refused the content (write the entries one by one to find it).
         """
-        unique: dict[str, Entry] = {}
-        for entry in entries:
-            unique.setdefault(entry.event_id, entry)
-        if not unique:
-            return 0
+        fresh: list[Entry] = []
+        new_ids: dict[str, int] = {}
+        applied = _Applied()
         try:
             async with self.engine.begin() as conn:
-                new_ids = await self._insert_log(conn, unique.values())
-                fresh = [e for e in unique.values() if e.event_id in new_ids]
-                applied = await self._apply_to_tasks(conn, fresh, new_ids)
-                if applied.deliveries:
-                    await self._record_deliveries(conn, applied, new_ids)
-                if applied.answered:
-                    await conn.execute(_OUTBOX.insert(), applied.answered)
+                for part in _parts(entries):
+                    unique: dict[str, Entry] = {}
+                    for entry in part:
+                        unique.setdefault(entry.event_id, entry)
+                    if not unique:
+                        continue
+                    part_ids = await self._insert_log(conn, unique.values())
+                    part_fresh = [e for e in unique.values() if e.event_id in part_ids]
+                    part_applied = await self._apply_to_tasks(conn, part_fresh, part_ids)
+                    if part_applied.deliveries:
+                        await self._record_deliveries(conn, part_applied, part_ids)
+                    if part_applied.answered:
+                        await conn.execute(_OUTBOX.insert(), part_applied.answered)
+                    fresh += part_fresh
+                    new_ids.update(part_ids)
+                    applied.merge(part_applied)
         except SQLAlchemyError as exc:
             if _is_unavailable(exc):
                 raise DatabaseUnavailable(
@@ -189,6 +206,10 @@ class Store:
             if entry.task_id is None:
                 continue
             old = after.get(entry.task_id)
+            if withdraws(old, entry):
+                del after[entry.task_id]
+                applied.withdrawn.add(entry.task_id)
+                continue
             new = apply(old, entry)
             if new is not None:
                 log_id = log_ids[entry.event_id]
@@ -207,6 +228,9 @@ class Store:
         # trip per row). It overwrites what it read in this transaction: right while the tracker
         # is the one writer (its queue has a single active consumer).
         changed = [_columns(r) for tid, r in after.items() if before.get(tid) != r]
+        if applied.withdrawn:
+            await self._forget(conn, applied.withdrawn)
+            applied.changed = sorted(applied.withdrawn)
         if not changed:
             return applied
         if self._pg:
@@ -218,8 +242,26 @@ class Store:
                 set_={c: stmt.excluded[c] for c in _TASK_COLUMNS if c != "task_id"},
             )
             await conn.execute(stmt, changed)
-        applied.changed = [row["task_id"] for row in changed]
+        applied.changed += [row["task_id"] for row in changed]
         return applied
+
+    async def _forget(self, conn: AsyncConnection, task_ids: set[str]) -> None:
+        """Delete withdrawn tasks: their rows and their log (the send, the `withdrawn` entry;
+        nothing else is known of a task `withdraws` takes back)."""
+        ids = sorted(task_ids)
+        await conn.execute(_TASKS.delete().where(_TASKS.c.task_id.in_(ids)))
+        await conn.execute(_LOG.delete().where(_LOG.c.task_id.in_(ids)))
+
+
+def _parts(entries: Sequence[Entry]) -> list[Sequence[Entry]]:
+    """The batch in parts, each written in turn: a part ends with each `withdrawn` entry. A send
+    after the withdrawal of its task (a client sending again under the same key) has the event
+    id of the withdrawn one: in the same part, it would pass for a duplicate of it."""
+    cuts = [i + 1 for i, e in enumerate(entries) if e.event == "withdrawn"]
+    if not cuts:
+        return [entries]
+    bounds = [0, *cuts, len(entries)]
+    return [entries[a:b] for a, b in itertools.pairwise(bounds) if a < b]
 
 
 def _columns(row: TaskRow) -> dict[str, Any]:

@@ -144,3 +144,52 @@ async def test_a_batch_keeps_its_order_and_its_values_as_they_were(engine: Async
     assert found["t1"]["completed_at"] == T0 + timedelta(seconds=2)
     assert found["t2"]["payload"] is None and found["t2"]["result"] is None
     assert found["t2"]["state"] == "failed" and found["t2"]["error"] == "boom"
+
+
+async def log_of(engine: AsyncEngine, task_id: str) -> list[str]:
+    async with engine.connect() as conn:
+        query = select(LOG.c.event).where(LOG.c.task_id == task_id).order_by(LOG.c.id)
+        return list((await conn.execute(query)).scalars())
+
+
+async def test_a_withdrawn_send_leaves_nothing_and_its_key_may_send_it_again(
+    engine: AsyncEngine,
+) -> None:
+    """RabbitMQ refused a send (the API answered 503): the tracker forgets the copy it got.
+    The same id sent again, in the same batch or a later one, is a task again."""
+    store = Store(engine)
+    committed: list[list[str]] = []
+
+    async def told(c: Any) -> None:
+        committed.append(c.task_ids)
+
+    store.on_commit = told
+    await store.write([send("t-refused"), send("t-kept")])
+    await store.write([event("withdrawn", "t-refused", 1)])
+    tasks = await rows(engine)
+    assert "t-refused" not in tasks and await log_of(engine, "t-refused") == []
+    assert committed[-1] == ["t-refused"]  # waits on it read again (and answer 404)
+    assert tasks["t-kept"]["state"] == "pending"
+
+    # Sent, refused and sent again under the same key, all in one batch.
+    again = [
+        send("t-again"),
+        event("withdrawn", "t-again", 1),
+        send("t-again"),
+        *lifecycle("t-again")[1:],
+    ]
+    await store.write(again)
+    assert (await rows(engine))["t-again"]["state"] == "completed"
+    assert await log_of(engine, "t-again") == ["send", "processing", "callback"]
+
+
+async def test_a_withdrawal_after_a_child_took_the_task_is_only_logged(engine: AsyncEngine) -> None:
+    """Another queue than the pool's refused the send: the pool's copy runs, and the task stays."""
+    store = Store(engine)
+    await store.write([send("t1"), event("processing", "t1", 1, attempt=1, child_id="c1")])
+    await store.write([event("withdrawn", "t1", 2)])
+    assert (await rows(engine))["t1"]["state"] == "processing"
+    assert await log_of(engine, "t1") == ["send", "processing", "withdrawn"]
+    # Nor does a withdrawal make up a task the tracker never heard of.
+    await store.write([event("withdrawn", "t-unknown", 3)])
+    assert "t-unknown" not in await rows(engine)

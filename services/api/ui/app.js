@@ -486,6 +486,7 @@ function describe(e) {
     case "cancel": return `canceled by ${e.canceled_by ?? "?"}`;
     case "input_required": return `asks ${e.to ?? "?"} (round ${e.round ?? "?"})`;
     case "input": return `answered by ${e.from ?? "?"} (round ${e.round ?? "?"})`;
+    case "withdrawn": return `a queue refused this send (the sender got 503)`;
     default: return e.event;
   }
 }
