@@ -132,3 +132,22 @@ def test_a_confirm_withheld_is_a_503_and_the_keyed_retry_runs_the_task_once(
     wait_for(lambda: metric(child, "convbus_tasks_consumed_total", pool="child") == 3,
              what="both copies of the task to reach the child")  # fmt: skip
     assert counter.read_text() == "1"
+
+
+def test_a_send_no_queue_takes_is_a_503(bus: Bus) -> None:
+    """Published `mandatory`: a message or task that would reach no queue (an operator deleted
+    them) comes back, and the client gets 503, not a 200 for something nobody will read."""
+    bus.start_api()  # no tracker: nothing declares its queue again
+    topo = bus.namespace.topo
+    bus.namespace.pools.add("gone")
+    assert send(bus, type="task", cmd="echo", to="gone").status_code == 200  # declares the pool
+    channel = bus.namespace.channel()
+    try:
+        channel.queue_delete(topo.tracker_queue)
+        channel.queue_delete(topo.pool_queue("gone"))
+    finally:
+        channel.connection.close()
+    for body in ({"type": "message", "text": "hello"}, {"type": "task", "to": "gone"}):
+        answer = send(bus, **body)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["msg"] == "message bus refused the message, nothing was sent"
