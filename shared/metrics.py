@@ -41,6 +41,10 @@ API_STREAMS_DROPPED = Counter(
     "convbus_api_streams_dropped_total",
     "Streams closed because their client read more slowly than entries came",
 )
+API_LIMITS_UNAVAILABLE = Counter(
+    "convbus_api_limits_unavailable_total",
+    "Requests let through unchecked because the shared limits' Redis did not answer",
+)
 API_NOTICES = Counter(
     "convbus_api_commit_notices_total",
     "Commit notices from the tracker, by outcome (heard; gap: some were missed, so every "

@@ -114,6 +114,9 @@ class ApiSettings(BusSettings):
     #: GET /tasks/{id} shows payload, text, result and error to anyone with the id; default:
     #: only in dev mode (otherwise to the task's sender, its pool's key and operators).
     public_tasks: bool | None = None
+    #: Redis where every API replica counts the limits below (`redis://host:6379/0`,
+    #: `rediss://…`); unset: each API process counts its own.
+    limits_url: SecretStr | None = None
     #: Sends a second per key (token bucket, per API process; 0: no limit), and the burst.
     send_rate: float = Field(default=2000.0, ge=0)
     send_burst: float = Field(default=4000.0, ge=1)
@@ -151,10 +154,17 @@ class ApiSettings(BusSettings):
     #: Streams one API process holds open at once; more are refused with 503.
     max_streams: int = Field(default=2000, ge=1, le=100_000)
 
-    @field_validator("id_secret", mode="before")
+    @field_validator("id_secret", "limits_url", mode="before")
     @classmethod
     def _empty_secret_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("limits_url")
+    @classmethod
+    def _a_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://")):
+            raise ValueError("a redis:// or rediss:// URL")
+        return value
 
 
 class ChildSettings(BusSettings):

@@ -15,11 +15,13 @@ from pathlib import Path
 import pika
 import psycopg
 import pytest
+import redis
 
 from tests.support.bus import Bus, Namespace, migrated, running, unavailable
 
 AMQP_URL = os.environ.get("RELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG_ADMIN_URL = os.environ.get("RELAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def docker_available() -> bool:
@@ -73,6 +75,16 @@ def pg_admin_url() -> Iterator[str]:
             return
         unavailable("PostgreSQL", f"{PG_ADMIN_URL}: {exc}; and no Docker for testcontainers")
     yield PG_ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Redis, for the limits API replicas share: RELAY_TEST_REDIS_URL (default the local one)."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        unavailable("Redis", f"{REDIS_URL}: {exc!r}")
+    return REDIS_URL
 
 
 def _pg_database(admin_url: str) -> Iterator[str]:

@@ -18,7 +18,7 @@ from services.api.cancels import Cancels
 from services.api.commits import CommitFeed
 from services.api.deps import Services
 from services.api.inboxes import InboxCursors
-from services.api.limits import PROGRESS_BURST, PROGRESS_RATE, Limiter
+from services.api.limits import RateLimits
 from services.api.metrics import AnswerCounter
 from services.api.queue_depths import QueueDepthReader
 from services.api.routes import hand_read_router, router
@@ -62,12 +62,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         commits = CommitFeed(Topology(settings.namespace), reader, settings.stream_buffer)
         broker = BrokerLink(settings, on_connect=commits.start)
         broker.start()
+        limits = RateLimits.of(settings)
         app.state.services = Services(
             settings=settings,
             keys=keys,
-            send_limits=Limiter(settings.send_rate, settings.send_burst),
-            auth_failures=Limiter(settings.auth_failure_rate, settings.auth_failure_burst),
-            progress_limits=Limiter(PROGRESS_RATE, PROGRESS_BURST),
+            limits=limits,
             broker=broker,
             reader=reader,
             commits=commits,
@@ -83,6 +82,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         finally:
             await commits.close()
             await broker.close()
+            await limits.close()
             await engine.dispose()
 
     app = FastAPI(

@@ -15,7 +15,7 @@ from services.api.cancels import Cancels
 from services.api.commits import CommitFeed
 from services.api.errors import UNAUTHORIZED, ApiError
 from services.api.inboxes import InboxCursors
-from services.api.limits import Limiter
+from services.api.limits import RateLimits
 from services.api.queue_depths import QueueDepthReader
 from services.api.send_keys import SendKeys
 from shared.contract import API_KEY_HEADER
@@ -30,10 +30,7 @@ class Services:
 
     settings: ApiSettings
     keys: KeyRing
-    send_limits: Limiter
-    auth_failures: Limiter
-    #: Progress reports over HTTP, per task.
-    progress_limits: Limiter
+    limits: RateLimits
     broker: BrokerLink
     reader: Reader
     #: What the tracker commits, as this replica hears it: wakes waits, feeds streams.
@@ -59,16 +56,16 @@ async def _services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(_services)]
 
 
-def authenticate(services: Services, request: Request, key: str | None) -> Principal:
+async def authenticate(services: Services, request: Request, key: str | None) -> Principal:
     """The key's holder; 401 for a missing or wrong key, 429 for a client that keeps failing."""
     client = request.client.host if request.client else "unknown"
-    if wait := services.auth_failures.blocked(client):
+    if wait := await services.limits.auth_failures.blocked(client):
         raise ApiError(
             429, "Too many failed authentications: retry later", {"Retry-After": str(wait)}
         )
     principal = services.keys.find(key) if key is not None else None
     if principal is None:
-        services.auth_failures.take(client)
+        await services.limits.auth_failures.take(client)
         raise ApiError(401, UNAUTHORIZED)
     return principal
 
@@ -82,9 +79,9 @@ def require(principal: Principal, *scopes: str) -> None:
         raise ApiError(403, f"Forbidden: this key lacks the {' or '.join(scopes)} scope")
 
 
-def authorized(request: Request, key: str | None, *scopes: str) -> Principal:
+async def authorized(request: Request, key: str | None, *scopes: str) -> Principal:
     """The key's holder, if it has one of `scopes` (else 401, 403 or 429)."""
-    principal = authenticate(services_of(request), request, key)
+    principal = await authenticate(services_of(request), request, key)
     require(principal, *scopes)
     return principal
 
@@ -92,13 +89,13 @@ def authorized(request: Request, key: str | None, *scopes: str) -> Principal:
 def _scope(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     # One flat dependency, not a chain: FastAPI solves each level on every request.
     async def check(request: Request, key: KeyHeader = None) -> Principal:
-        return authorized(request, key, *scopes)
+        return await authorized(request, key, *scopes)
 
     return check
 
 
 async def _any_key(request: Request, key: KeyHeader = None) -> Principal:
-    return authenticate(services_of(request), request, key)
+    return await authenticate(services_of(request), request, key)
 
 
 #: Any valid key, whatever its scopes (the route decides what its holder may read).

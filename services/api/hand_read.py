@@ -93,9 +93,9 @@ def add_components(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's way to extend its OpenAPI
 
 
-def caller(request: Request, *scopes: str) -> Principal:
+async def caller(request: Request, *scopes: str) -> Principal:
     """The key's holder, if it has one of `scopes` (else 401, 403 or 429)."""
-    return authorized(request, request.headers.get(API_KEY_HEADER), *scopes)
+    return await authorized(request, request.headers.get(API_KEY_HEADER), *scopes)
 
 
 def header(request: Request, name: str, adapter: TypeAdapter[str | None]) -> str | None:

@@ -118,7 +118,7 @@ _IDEMPOTENCY_KEY = TypeAdapter(Annotated[str | None, StringConstraints(pattern=I
 )  # fmt: skip
 async def send(request: Request) -> Response:
     """Send a task to a child pool, or a message; 200 once RabbitMQ confirmed it."""
-    principal = hand_read.caller(request, "send")
+    principal = await hand_read.caller(request, "send")
     idempotency_key = hand_read.header(request, IDEMPOTENCY_KEY_HEADER, _IDEMPOTENCY_KEY)
     body = await hand_read.body(request, SendRequest)
     services = services_of(request)
@@ -132,7 +132,7 @@ async def send(request: Request) -> Response:
         hosts = webhooks.allowed_hosts(services.settings.webhook_hosts)
         if (why := webhooks.refusal(body.notify.url, hosts)) is not None:
             raise ApiError(422, f"notify.url: {why}")
-    if wait := services.send_limits.take(principal.name):
+    if wait := await services.limits.sends.take(principal.name):
         raise ApiError(429, "Too many sends for this key: retry later", {"Retry-After": str(wait)})
     now = utcnow()
     fields = body.model_dump(include=_SEND_FIELDS)
@@ -279,7 +279,7 @@ async def callback(request: Request) -> Response:
     again under the same event id, which the tracker records once. A child that says this is
     the task's first callback saves the lookup (were it wrong, only `duplicate` goes unsaid).
     """
-    principal = hand_read.caller(request, "callback")
+    principal = await hand_read.caller(request, "callback")
     body = await hand_read.body(request, CallbackRequest)
     services = services_of(request)
     first = request.headers.get(FIRST_CALLBACK_HEADER)
@@ -392,7 +392,7 @@ async def task_record(
     only to its sender, its pool's key, the party asked and operators (or to anyone with
     RELAY_PUBLIC_TASKS); to others they are `withheld`."""
     seconds = _wait_s(wait, services)
-    principal = authenticate(services, request, key) if key is not None else None
+    principal = await authenticate(services, request, key) if key is not None else None
 
     async def read() -> TaskResponse:
         return await _task_response(task_id, services, principal)
@@ -603,7 +603,7 @@ async def progress(
     on the bus); the task's row keeps the last. At most one a second per task (else 429)."""
     await _known(task_id, services)
     await _check_pool(principal, task_id, services)
-    if wait := services.progress_limits.take(task_id):
+    if wait := await services.limits.progress.take(task_id):
         raise ApiError(
             429, "progress of this task reported too often: retry later", {"Retry-After": str(wait)}
         )
@@ -651,7 +651,7 @@ async def _log_reader(
     mode, RELAY_PUBLIC_LOGS), else the key's holder (401 without one)."""
     if visibility.logs_are_public(services.settings):
         return None
-    return authenticate(services, request, key)
+    return await authenticate(services, request, key)
 
 
 LogReaderKey = Annotated[Principal | None, Depends(_log_reader)]

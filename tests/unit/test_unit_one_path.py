@@ -22,7 +22,7 @@ from services.api.auth import KeyRing
 from services.api.deps import Services
 from services.api.errors import ApiError
 from services.api.hand_read import HandReadRoute, build_handlers, mount_first
-from services.api.limits import Limiter
+from services.api.limits import Limiter, RateLimits
 from shared.errors import BrokerUnavailable, DatabaseUnavailable
 from shared.settings import ApiSettings
 
@@ -63,9 +63,7 @@ def bus_app() -> FastAPI:
     app.state.services = Services(
         settings=settings,
         keys=KeyRing.from_settings(settings),
-        send_limits=Limiter(0, 1),
-        auth_failures=Limiter(0, 1),
-        progress_limits=Limiter(0, 1),
+        limits=RateLimits(Limiter(0, 1), Limiter(0, 1), Limiter(0, 1)),
         broker=cast(Any, Unreachable()),
         reader=cast(Any, Unreachable()),
         commits=cast(Any, Unreachable()),

@@ -244,3 +244,15 @@ def test_concurrency_and_prefetch_out_of_range(
     monkeypatch.setenv(var, value)
     with pytest.raises(ValidationError):
         ChildSettings()
+
+
+def test_the_shared_limits_take_a_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ApiSettings().limits_url is None
+    monkeypatch.setenv("RELAY_LIMITS_URL", "")
+    assert ApiSettings().limits_url is None
+    monkeypatch.setenv("RELAY_LIMITS_URL", "rediss://:pw@cache.example:6380/2")
+    url = ApiSettings().limits_url
+    assert url is not None and url.get_secret_value().endswith("cache.example:6380/2")
+    monkeypatch.setenv("RELAY_LIMITS_URL", "memcached://cache:11211")
+    with pytest.raises(ValidationError, match="a redis:// or rediss:// URL"):
+        ApiSettings()
