@@ -4,10 +4,11 @@ migrations (shared/migrate.py)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import Engine, NullPool, create_engine, event
+from sqlalchemy import Engine, NullPool, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -95,3 +96,37 @@ async def connection(engine: AsyncEngine, *, write: bool = False) -> AsyncIterat
             yield conn
     except (SQLAlchemyError, OSError) as exc:
         raise DatabaseUnavailable(f"database error: {exc.__class__.__name__}") from exc
+
+
+def lock_key(name: str) -> int:
+    """The PostgreSQL advisory lock key of `name` (a signed 64-bit integer)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+async def lock_for_transaction(conn: AsyncConnection, name: str) -> None:
+    """Wait for the lock `name` (PostgreSQL: until the transaction ends; SQLite: nothing to do,
+    a transaction that writes first holds the database's one write lock already)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
+
+
+@contextlib.asynccontextmanager
+async def exclusive(engine: AsyncEngine, name: str) -> AsyncIterator[bool]:
+    """Whether this process may do the job `name` now: True unless another holds its lock (on
+    PostgreSQL, a session lock on a connection held while the block runs; a process that dies
+    lets it go with its connection). SQLite has one writer: always True."""
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    key = lock_key(name)
+    async with engine.connect() as conn:
+        taken = await conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key})
+        held = bool(taken.scalar_one())
+        await conn.commit()
+        try:
+            yield held
+        finally:
+            if held:  # a connection lost has let the lock go with it
+                with contextlib.suppress(SQLAlchemyError, OSError):
+                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    await conn.commit()

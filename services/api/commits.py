@@ -8,7 +8,8 @@ its cursor, once per notice, and hands each to the streams whose filter it match
 
 Notices are transient: after a reconnection, or when a notice's sequence number shows a gap,
 every wait reads again and the streams' reader catches up. Log ids grow in commit order (the
-tracker is the log's one writer), so "every entry after id N" misses nothing.
+trackers write one batch at a time: services/tracker/store.py BATCH_LOCK), so "every entry
+after id N" misses nothing.
 """
 
 from __future__ import annotations

@@ -23,12 +23,17 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import amqp
-from shared.db import connection
+from shared.db import connection, exclusive
 from shared.models import TaskOutbox
 from shared.schemas import TaskMessage
 from shared.topology import Declared, Topology, declare_core, declare_high, declare_pool
 
 log = logging.getLogger(__name__)
+
+#: Held while a tracker publishes the outbox: with two trackers on one database (a standby's
+#: sweep wakes its outbox too), one publishes at a time, and a row is published, then deleted,
+#: before the other looks.
+OUTBOX_LOCK = "convbus:outbox"
 
 _OUTBOX = TaskOutbox.__table__  # type: ignore[attr-defined]
 #: Tasks published per look at the outbox.
@@ -80,26 +85,30 @@ class Outbox:
             await self._flushing
 
     async def flush(self) -> int:
-        """Publish every task in the outbox; how many. Never raises: what is left is published
-        at the next flush."""
-        sent = 0
+        """Publish every task in the outbox; how many (0 while another tracker publishes it).
+        Never raises: what is left is published at the next flush."""
         try:
-            while True:
-                async with connection(self.engine) as conn:
-                    query = select(_OUTBOX).order_by(_OUTBOX.c.created_at).limit(_PAGE)
-                    rows = list(await conn.execute(query))
-                if not rows:
-                    return sent
-                for row in rows:
-                    await self._publish(row.body, row.attempt)
-                async with connection(self.engine, write=True) as conn:
-                    ids = [row.id for row in rows]
-                    await conn.execute(delete(_OUTBOX).where(_OUTBOX.c.id.in_(ids)))
-                sent += len(rows)
+            async with exclusive(self.engine, OUTBOX_LOCK) as mine:
+                return await self._flush() if mine else 0
         except Exception as exc:  # a failed flush must not stop the tracker
             self._channel = None
             log.warning("tasks of the outbox not published yet, trying again later: %r", exc)
-            return sent
+            return 0
+
+    async def _flush(self) -> int:
+        sent = 0
+        while True:
+            async with connection(self.engine) as conn:
+                query = select(_OUTBOX).order_by(_OUTBOX.c.created_at).limit(_PAGE)
+                rows = list(await conn.execute(query))
+            if not rows:
+                return sent
+            for row in rows:
+                await self._publish(row.body, row.attempt)
+            async with connection(self.engine, write=True) as conn:
+                ids = [row.id for row in rows]
+                await conn.execute(delete(_OUTBOX).where(_OUTBOX.c.id.in_(ids)))
+            sent += len(rows)
 
     async def _publish(self, body: str, attempt: int) -> None:
         """Publish a task to its pool (declared first: a pool's queue gone would lose it)."""

@@ -7,14 +7,20 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.db import exclusive
 from shared.errors import DatabaseUnavailable
 from shared.ids import utcnow
-from shared.retention import prune
+from shared.retention import PruneCounts, prune
 from shared.settings import TrackerSettings
 
 log = logging.getLogger(__name__)
+
+#: Held while a tracker prunes: with two trackers on one database, one prunes at a time (the
+#: other skips its turn).
+PRUNE_LOCK = "convbus:prune"
 
 
 async def prune_periodically(engine: AsyncEngine, settings: TrackerSettings) -> None:
@@ -25,8 +31,9 @@ async def prune_periodically(engine: AsyncEngine, settings: TrackerSettings) -> 
     log.info("pruning what finished %s ago, every %s", age, settings.prune_every)
     while True:
         try:
-            counts = await prune(engine, utcnow() - age)
-        except DatabaseUnavailable as exc:
+            async with exclusive(engine, PRUNE_LOCK) as mine:
+                counts = await prune(engine, utcnow() - age) if mine else PruneCounts()
+        except (DatabaseUnavailable, SQLAlchemyError, OSError) as exc:
             log.warning("prune failed, trying again in %s: %s", settings.prune_every, exc)
         except Exception:
             # A bug in pruning must not stop the tracker from recording events.

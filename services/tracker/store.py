@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.tracker.lifecycle import Entry, TaskRow, apply, resumed, with_outcome, withdraws
 from services.tracker.outbox import answered_row_id, outbox_row
 from services.tracker.webhooks import delivery_for
+from shared.db import lock_for_transaction
 from shared.errors import DatabaseUnavailable
 from shared.ids import utcnow
 from shared.models import LogEntry, Task, TaskOutbox
@@ -30,6 +31,13 @@ _LOG = LogEntry.__table__  # type: ignore[attr-defined]
 _TASKS = Task.__table__  # type: ignore[attr-defined]
 _OUTBOX = TaskOutbox.__table__  # type: ignore[attr-defined]
 _TASK_COLUMNS = [f.name for f in dataclasses.fields(TaskRow)]
+
+
+#: Held by a batch's transaction (PostgreSQL), so that two trackers on one database (one
+#: taking the queue over while the other's batch is still being written) write one at a time:
+#: each reads the rows as the other left them, and log ids grow in commit order, which the
+#: API's streams rely on (services/api/commits.py).
+BATCH_LOCK = "convbus:tracker-batch"
 
 
 class BadBatch(Exception):
@@ -46,8 +54,8 @@ def _is_unavailable(exc: SQLAlchemyError) -> bool:
 class Committed:
     """What one commit recorded (what the API's waits and streams are told)."""
 
-    #: The highest log id committed. Log ids grow in commit order: the tracker is the log's
-    #: one writer.
+    #: The highest log id committed. Log ids grow in commit order: one batch is written at a
+    #: time, whatever the number of trackers (BATCH_LOCK).
     last_id: int
     #: The tasks whose row changed.
     task_ids: list[str]
@@ -111,6 +119,7 @@ class Store:
         applied = _Applied()
         try:
             async with self.engine.begin() as conn:
+                await lock_for_transaction(conn, BATCH_LOCK)
                 for part in _parts(entries):
                     unique: dict[str, Entry] = {}
                     for entry in part:
@@ -225,8 +234,8 @@ class Store:
             and (tid not in before or before[tid].outcome_id != r.outcome_id)
         }  # fmt: skip
         # One upsert for new and changed rows alike (an executemany of updates costs a round
-        # trip per row). It overwrites what it read in this transaction: right while the tracker
-        # is the one writer (its queue has a single active consumer).
+        # trip per row). It overwrites what it read in this transaction: right since no other
+        # batch writes meanwhile (BATCH_LOCK; on SQLite, the database's one write lock).
         changed = [_columns(r) for tid, r in after.items() if before.get(tid) != r]
         if applied.withdrawn:
             await self._forget(conn, applied.withdrawn)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tracker.lifecycle import Entry
@@ -193,3 +194,52 @@ async def test_a_withdrawal_after_a_child_took_the_task_is_only_logged(engine: A
     # Nor does a withdrawal make up a task the tracker never heard of.
     await store.write([event("withdrawn", "t-unknown", 3)])
     assert "t-unknown" not in await rows(engine)
+
+
+class _HeldStore(Store):
+    """A tracker whose batch stops after its log insert until told to go on."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.reached = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def _apply_to_tasks(self, conn: Any, entries: list[Entry], log_ids: Any) -> Any:
+        self.reached.set()
+        await self.go.wait()
+        return await super()._apply_to_tasks(conn, entries, log_ids)
+
+
+async def _waiting_on_a_lock(engine: AsyncEngine) -> bool:
+    async with engine.connect() as conn:
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            " AND datname = current_database()"
+        )
+        return bool((await conn.execute(query)).scalar_one())
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_two_trackers_write_one_batch_at_a_time(engine: AsyncEngine) -> None:
+    """The queue handed to a second tracker while the first's batch is still being written:
+    the second's batch waits for the first's commit, so it reads the rows as the first left
+    them and its log ids come after (the API's streams read the log by id)."""
+    await Store(engine).write([send("t1"), event("processing", "t1", 1, attempt=1, child_id="c")])
+    first, second = _HeldStore(engine), Store(engine)
+    writing = asyncio.create_task(
+        first.write([event("callback", "t1", 3, status="done", result=1, child_id="c")])
+    )
+    await asyncio.wait_for(first.reached.wait(), 10)
+    later = asyncio.create_task(second.write([event("progress", "t1", 2, progress=0.5)]))
+    for _ in range(200):  # until the second waits for the lock (or wrote, without it)
+        if later.done() or await _waiting_on_a_lock(engine):
+            break
+        await asyncio.sleep(0.05)
+    assert not later.done(), "the second tracker's batch did not wait for the first's"
+    first.go.set()
+    await asyncio.wait_for(asyncio.gather(writing, later), 10)
+    async with engine.connect() as conn:
+        ids = dict((await conn.execute(select(LOG.c.event, LOG.c.id))).all())
+    assert ids["callback"] < ids["progress"]
+    assert (await rows(engine))["t1"]["state"] == "completed"
