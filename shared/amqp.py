@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from yarl import URL
 
 from shared.backoff import Backoff, retry
-from shared.errors import BrokerUnavailable, PublishRefused
+from shared.errors import BrokerUnavailable, ConfigError, PublishRefused
 from shared.settings import BusSettings
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,20 @@ def newest_death(headers: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def amqp_url(settings: BusSettings) -> URL:
-    """The broker URL with this bus's heartbeat, unless the URL sets its own."""
-    url = URL(settings.amqp_url.get_secret_value())
-    if "heartbeat" not in url.query:
-        url = url.update_query(heartbeat=settings.heartbeat)
-    return url
+def amqp_urls(settings: BusSettings) -> list[URL]:
+    """The broker's URLs (one per node of a cluster, in RELAY_AMQP_URL's order), each with
+    this bus's heartbeat unless it sets its own."""
+    urls = []
+    for text in settings.amqp_url.get_secret_value().split(","):
+        if not text.strip():
+            continue
+        url = URL(text.strip())
+        if "heartbeat" not in url.query:
+            url = url.update_query(heartbeat=settings.heartbeat)
+        urls.append(url)
+    if not urls:
+        raise ConfigError("RELAY_AMQP_URL: no broker URL")
+    return urls
 
 
 def redact(url: URL) -> str:
@@ -64,16 +72,43 @@ def redact(url: URL) -> str:
     return str(url.with_password("***") if url.password else url)
 
 
+class FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection to one node of a cluster or another: an attempt to connect that
+    fails moves on to the next URL at once, so a node that stopped is not waited for."""
+
+    def __init__(self, urls: list[URL], **kwargs: Any) -> None:
+        super().__init__(make_url(urls[0]), **kwargs)
+        self._urls = [make_url(url) for url in urls]
+        self._current = 0
+
+    # aio-pika makes each attempt in this (name-mangled) method of RobustConnection, with
+    # `self.url`; tests/integration/test_failover.py fails if a new aio-pika stops calling it.
+    async def _RobustConnection__connect_transport(self) -> None:
+        for left in reversed(range(len(self._urls))):
+            try:
+                await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+                return
+            except Exception as exc:
+                if not left:
+                    raise  # every node refused: aio-pika waits, then tries again
+                failed = self.url
+                self._current = (self._current + 1) % len(self._urls)
+                self.url = self._urls[self._current]
+                log.warning(
+                    "RabbitMQ at %s: %r; trying %s",
+                    redact(URL(str(failed))), exc, redact(URL(str(self.url))),
+                )  # fmt: skip
+
+
 async def connect(
     settings: BusSettings,
     name: str,
     timeout: float = 10.0,  # noqa: ASYNC109  (the connection's own timeout)
 ) -> AbstractRobustConnection:
-    """A connection that reconnects by itself and restores its channels and declarations."""
-    url = amqp_url(settings)
-    connection = aio_pika.RobustConnection(
-        make_url(url), client_properties={"connection_name": name}
-    )
+    """A connection that reconnects by itself and restores its channels and declarations; to
+    the first of the broker's URLs that answers, then to the others in turn when it is lost."""
+    urls = amqp_urls(settings)
+    connection = FailoverConnection(urls, client_properties={"connection_name": name})
     try:
         await connection.connect(timeout=timeout)
     except BaseException as exc:
@@ -81,9 +116,8 @@ async def connect(
         # loop would otherwise live on and keep the process from exiting.
         await connection.close()
         if isinstance(exc, OSError | aiormq.exceptions.AMQPError | TimeoutError):
-            raise BrokerUnavailable(
-                f"cannot connect to RabbitMQ at {redact(url)}: {exc!r}"
-            ) from exc
+            where = ", ".join(redact(url) for url in urls)
+            raise BrokerUnavailable(f"cannot connect to RabbitMQ at {where}: {exc!r}") from exc
         raise
     return connection
 

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from shared.amqp import redact
+from shared.amqp import amqp_urls, redact
 from shared.errors import BrokerUnavailable, ConfigError
 from shared.settings import BusSettings
 from shared.topology import Topology
@@ -70,7 +70,7 @@ def management_endpoint(settings: BusSettings) -> ManagementEndpoint:
 
     Credentials: the management URL's own, else the AMQP URL's (guest/guest if it has none).
     """
-    amqp = URL(settings.amqp_url.get_secret_value())
+    amqp = amqp_urls(settings)[0]  # a cluster's first node
     # As aiormq reads it: "" or "/" is the default vhost, else the path after its first "/".
     vhost = "/" if amqp.path in ("", "/") else amqp.path[1:]
     if settings.management_url is not None:

@@ -40,6 +40,8 @@ class BusSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
 
+    #: The broker; for a cluster, one URL per node, comma-separated: a service connects to the
+    #: first that answers and, once its connection is lost, to the next.
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     namespace: str = Field(default="relay", pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
     database_url: SecretStr = SecretStr("sqlite:///./convbus.db")
