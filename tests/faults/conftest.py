@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.bus import Bus, Namespace, migrated, running
-from tests.support.servers import PrivatePostgres, PrivateRabbit
+from tests.support.servers import PrivatePostgres, PrivateRabbit, RabbitCluster
 
 
 @pytest.fixture(params=[False], ids=["plain"])
@@ -57,4 +57,24 @@ def postgres_bus(
     """A bus whose tracker writes to the private PostgreSQL, so it can be stopped under it."""
     database_url = migrated(private_postgres.url)
     with running(Bus(namespace=namespace, database_url=database_url, workdir=tmp_path)) as bus:
+        yield bus
+
+
+@pytest.fixture
+def rabbit_cluster() -> Iterator[RabbitCluster]:
+    cluster = RabbitCluster.create()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+@pytest.fixture
+def cluster_bus(rabbit_cluster: RabbitCluster, tmp_path: Path) -> Iterator[Bus]:
+    """A bus whose services name the cluster's three nodes (SQLite)."""
+    namespace = Namespace(name=f"c{uuid.uuid4().hex[:10]}", amqp_url=rabbit_cluster.nodes[0].url)
+    database_url = migrated(f"sqlite:///{tmp_path / 'bus.db'}")
+    bus = Bus(namespace=namespace, database_url=database_url, workdir=tmp_path)
+    with running(bus) as bus:
         yield bus

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -267,3 +268,55 @@ class PrivatePostgres:
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
         return server
+
+
+@dataclass
+class RabbitCluster:
+    """Three private RabbitMQ nodes joined in one cluster (their own ports and directories)."""
+
+    nodes: list[PrivateRabbit]
+
+    @property
+    def url(self) -> str:
+        """RELAY_AMQP_URL naming every node."""
+        return ",".join(node.url for node in self.nodes)
+
+    def ctl(self, node: PrivateRabbit, *args: str) -> str:
+        done = subprocess.run(
+            ["rabbitmqctl", "-n", node.name, *args],
+            env=node.env(), capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return done.stdout
+
+    def start(self) -> None:
+        for node in self.nodes:  # at once: each takes seconds
+            subprocess.run(["rabbitmq-server", "-detached"], env=node.env(), check=True, timeout=30)
+        for node in self.nodes:
+            wait_for(lambda n=node: port_open(n.port), timeout=90, what=f"{node.name} to listen")
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            self.ctl(node, "stop_app")
+            self.ctl(node, "join_cluster", first.name)
+            self.ctl(node, "start_app")
+
+    def leader(self, queue: str, asking: PrivateRabbit) -> PrivateRabbit:
+        """The node that leads the quorum queue `queue`, as the node `asking` sees it."""
+        rows = json.loads(self.ctl(asking, "list_queues", "name", "leader", "--formatter", "json"))
+        name = next(row["leader"] for row in rows if row["name"] == queue)
+        return next(node for node in self.nodes if node.name == name)
+
+    def restart(self, node: PrivateRabbit) -> None:
+        """Start a stopped or killed node again; it rejoins the cluster by itself."""
+        node.start()
+        self.ctl(node, "await_startup")
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            if port_open(node.port):
+                with contextlib.suppress(Exception):
+                    node.stop()
+            shutil.rmtree(node.root, ignore_errors=True)
+
+    @classmethod
+    def create(cls, size: int = 3) -> RabbitCluster:
+        return cls([PrivateRabbit.create() for _ in range(size)])
