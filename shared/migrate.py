@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import func, inspect, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import migration_engine
 from shared.errors import ConfigError, DatabaseUnavailable
+from shared.ids import utcnow
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -123,11 +125,40 @@ def _migration_lock(conn: Connection) -> Iterator[None]:
             yield
 
 
+def _ensure_schema(url: str) -> None:
+    """On PostgreSQL, create the schema first on the URL's search_path if it is missing (a
+    namespace given a schema of its own: `?options=-csearch_path%3D<schema>`). On an engine of
+    its own: SQLAlchemy reads the default schema once, when an engine first connects."""
+    engine = migration_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            return
+        with engine.connect() as conn:
+            if conn.execute(text("SELECT current_schema()")).scalar() is not None:
+                return
+            path = str(conn.execute(text("SHOW search_path")).scalar())
+            first = path.split(",", maxsplit=1)[0].strip().strip('"')
+            if not first or first == "$user":
+                return
+            quoted = conn.dialect.identifier_preparer.quote(first)
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quoted}"))
+            conn.commit()
+            log.info("created the schema %s", quoted)
+    finally:
+        engine.dispose()
+
+
 def migrate_blocking(url: str) -> str:
     """Upgrade the database at `url` to head; the revision it is left at (blocking)."""
     config = alembic_config()
     from alembic import command
 
+    try:
+        _ensure_schema(url)
+    except DBAPIError as exc:
+        raise DatabaseUnavailable(f"cannot migrate the database: {exc.orig}") from exc
+    except (SQLAlchemyError, OSError) as exc:
+        raise DatabaseUnavailable(f"cannot migrate the database: {exc}") from exc
     engine = migration_engine(url)
     try:
         with _ALEMBIC, engine.connect() as conn, _migration_lock(conn):
@@ -196,6 +227,30 @@ async def require_current(engine: AsyncEngine) -> None:
     else:
         where = f"schema is at revision {revision}"
     raise ConfigError(f"the database {where}, this release needs {needed}: run `convbus migrate`")
+
+
+async def claim(engine: AsyncEngine, namespace: str) -> None:
+    """Return if the database (on PostgreSQL, the schema first on its search_path) records the
+    bus of `namespace`: claimed now if no namespace has claimed it yet. ConfigError if another
+    namespace's bus records here (two buses would mix their tasks and logs)."""
+    from shared.models import BusOwner
+
+    owner = BusOwner.__table__  # type: ignore[attr-defined]
+    try:
+        async with engine.begin() as conn:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            claim_row = dialect.insert(owner).on_conflict_do_nothing()
+            await conn.execute(claim_row.values(id=1, namespace=namespace, claimed_at=utcnow()))
+            found = (await conn.execute(select(owner.c.namespace))).scalar_one()
+    except (SQLAlchemyError, OSError) as exc:
+        raise DatabaseUnavailable(f"cannot read the database's namespace: {exc!r}") from exc
+    if found != namespace:
+        raise ConfigError(
+            f"this database records the bus of namespace {found!r}, not {namespace!r}: give "
+            f"each namespace a database of its own, or on PostgreSQL a schema of its own "
+            f"(RELAY_DATABASE_URL=postgresql://…/db?options=-csearch_path%3D{namespace}, "
+            f"then `convbus migrate`)"
+        )
 
 
 def _known_revisions() -> set[str]:

@@ -253,3 +253,16 @@ class TaskAnswer(SQLModel, table=True):
     #: The answer's JSON, hashed: the same answer again is a retry, not a second answer.
     answer_hash: str = Field(sa_column=Column(String(64), nullable=False))
     answered_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))
+
+
+class BusOwner(SQLModel, table=True):
+    """The namespace whose bus this database (or PostgreSQL schema) records: one row, claimed by
+    the first API or tracker to start on it. Another namespace's services refuse to start here,
+    so that two buses never mix their tasks and logs (shared/migrate.py `claim`)."""
+
+    __tablename__ = "bus_owner"
+
+    #: Always 1: the table holds one row.
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    namespace: str = Field(sa_column=Column(String(40), nullable=False))
+    claimed_at: datetime = Field(sa_column=Column(UtcDateTime, nullable=False))

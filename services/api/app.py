@@ -26,7 +26,7 @@ from services.api.send_keys import SendKeys
 from shared.db import make_engine
 from shared.errors import ConfigError, DatabaseUnavailable
 from shared.ids import TaskIds, derive_secret
-from shared.migrate import require_current
+from shared.migrate import claim, require_current
 from shared.readmodel import Reader
 from shared.settings import ApiSettings
 from shared.topology import Topology
@@ -52,10 +52,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         engine = make_engine(settings.database_url.get_secret_value(), settings.db_pool_size)
         try:
             await require_current(engine)
+            await claim(engine, settings.namespace)
         except (DatabaseUnavailable, SQLAlchemyError, OSError) as exc:
             log.warning("database not reachable at start (%s); queries answer 503 until it is", exc)
         except ConfigError as exc:
-            log.error("%s", exc)  # an outdated schema: refuse to start
+            log.error("%s", exc)  # an outdated schema, another namespace's: refuse to start
             await engine.dispose()
             raise
         reader = Reader(engine)

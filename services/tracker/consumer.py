@@ -27,7 +27,7 @@ from shared.backoff import Backoff, retry
 from shared.db import make_engine
 from shared.errors import BrokerUnavailable, DatabaseUnavailable
 from shared.ids import utcnow
-from shared.migrate import require_current
+from shared.migrate import claim, require_current
 from shared.ops import OpsServer
 from shared.schemas import Event, TaskMessage
 from shared.settings import TrackerSettings
@@ -220,11 +220,11 @@ class Tracker:
             await subscription.stop()
 
     async def _wait_for_schema(self, store: Store) -> bool:
-        """Check the schema is current once the database answers (ConfigError if it is not);
-        False if stopped before that."""
+        """Check the schema is current and this namespace's once the database answers
+        (ConfigError if not); False if stopped before that."""
         try:
             await retry(
-                lambda _: require_current(store.engine),
+                lambda _: self._require_schema(store),
                 DatabaseUnavailable,
                 self._db_backoff,
                 log=log,
@@ -234,6 +234,10 @@ class Tracker:
         except DatabaseUnavailable:
             return False  # stopped
         return True
+
+    async def _require_schema(self, store: Store) -> None:
+        await require_current(store.engine)
+        await claim(store.engine, self.settings.namespace)
 
     async def _next_batch(self, first_within: float | None = None) -> list[DeliveredMessage]:
         """The next messages: waits for the first (up to `first_within` seconds), then for more
