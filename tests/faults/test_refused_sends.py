@@ -52,6 +52,8 @@ def task_answer(bus: Bus, task_id: str) -> int:
     return httpx.get(url, headers=AUTH, timeout=5).status_code
 
 
+# SQLite only: tests/integration/test_store.py writes withdrawals to both databases.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_send_its_pool_refuses_is_a_503_and_leaves_no_task(bus: Bus) -> None:
     """A pool capped by a length limit (`reject-publish`): RabbitMQ nacks the task, though the
     tracker's queue took its copy. The client gets 503, the tracker keeps nothing of it, and
@@ -134,6 +136,7 @@ def test_a_confirm_withheld_is_a_503_and_the_keyed_retry_runs_the_task_once(
     assert counter.read_text() == "1"
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_send_no_queue_takes_is_a_503(bus: Bus) -> None:
     """Published `mandatory`: a message or task that would reach no queue (an operator deleted
     them) comes back, and the client gets 503, not a 200 for something nobody will read."""
