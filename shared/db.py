@@ -63,9 +63,25 @@ def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     else:
         engine = create_async_engine(
-            full, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            _with_idle_limit(full), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
         )
     return engine
+
+
+#: PostgreSQL ends a session left idle inside a transaction this long (milliseconds). A tracker
+#: paused or hung mid-batch would otherwise hold its batch lock (services/tracker/store.py) and
+#: stop the standby that took its queue over for as long as it hangs; the bus's own transactions
+#: never wait on their client for more than moments.
+IDLE_IN_TRANSACTION_MS = 10_000
+
+
+def _with_idle_limit(url: str) -> str:
+    """The URL with IDLE_IN_TRANSACTION_MS added to its `options` (kept: a search_path, say)."""
+    parsed = make_url(url)
+    given = parsed.query.get("options", "")
+    limit = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+    options = f"{given} {limit}".strip() if isinstance(given, str) else limit
+    return parsed.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
 def migration_engine(url: str) -> Engine:
