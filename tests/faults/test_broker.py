@@ -47,7 +47,11 @@ def test_the_bus_rides_out_a_broker_restart_and_a_crash(
     rabbit_bus: Bus, private_rabbit: PrivateRabbit
 ) -> None:
     bus = rabbit_bus
-    bus.start_all(RELAY_HEARTBEAT="2", RELAY_PUBLISH_TIMEOUT="3")
+    # Retries that outlast the API's way back: a child may reconnect up to aio-pika's 5 s
+    # reconnect pause before the API does, and its callbacks get 503 meanwhile (the test's
+    # usual two quick retries were spent in a slow CI run, and those tasks were parked).
+    retry = '{"default": {"max_retries": 5, "backoff": 1, "factor": 2}}'
+    bus.start_all(RELAY_HEARTBEAT="2", RELAY_PUBLISH_TIMEOUT="3", RELAY_RETRY=retry)
     ids = [send_task(bus, "nap", payload={"seconds": 0.3}) for _ in range(20)]
 
     outage(bus, private_rabbit, kill=False)
