@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -132,22 +133,19 @@ class SharedLimiter:
         self.retry_after = max(1, math.ceil(1 / rate)) if rate > 0 else 1
 
     async def take(self, name: str) -> int:
-        if self.rate <= 0:
-            return 0
-        try:
-            async with asyncio.timeout(SHARED_TIMEOUT_S):
-                allowed = await self.store.limiter.hit(self.item, self.kind, name)
-        except (StorageError, TimeoutError) as exc:
-            self.store.unavailable(exc)
-            return 0
-        return 0 if allowed else self.retry_after
+        return await self._ask(self.store.limiter.hit, name)
 
     async def blocked(self, name: str) -> int:
+        return await self._ask(self.store.limiter.test, name)
+
+    async def _ask(self, check: Callable[..., Awaitable[bool]], name: str) -> int:
+        """0 if `check` (hit: count a use; test: only look) allows `name`, else Retry-After;
+        0 too when Redis does not answer."""
         if self.rate <= 0:
             return 0
         try:
             async with asyncio.timeout(SHARED_TIMEOUT_S):
-                allowed = await self.store.limiter.test(self.item, self.kind, name)
+                allowed = await check(self.item, self.kind, name)
         except (StorageError, TimeoutError) as exc:
             self.store.unavailable(exc)
             return 0

@@ -3,61 +3,17 @@ tracker's quorum queues stopped and brought back, then another node killed hard.
 
 from __future__ import annotations
 
-import threading
 import time
 
-import httpx
 import pytest
 
 from tests.support.api import send
 from tests.support.bus import Bus, wait_for
 from tests.support.ledger import assert_exactly_once
+from tests.support.load import Load
 from tests.support.servers import PrivateRabbit, RabbitCluster
 
 pytestmark = pytest.mark.slow
-
-
-class Load:
-    """Sends tasks from a thread until stopped: the ids accepted, and when sends were refused."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.accepted: list[str] = []
-        #: (monotonic time, accepted) of every send.
-        self.answers: list[tuple[float, bool]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                answer = send(self.bus, type="task", cmd="echo")
-                ok = answer.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            self.answers.append((time.monotonic(), ok))
-            if ok:
-                self.accepted.append(answer.json()["task_id"])
-            time.sleep(0.02)
-
-    def accepted_since(self, moment: float) -> int:
-        return sum(1 for at, ok in self.answers if ok and at > moment)
-
-    def refused_for(self, start: float, end: float) -> float:
-        """Seconds from the first refused send after `start` to the next accepted one."""
-        refused = [at for at, ok in self.answers if not ok and start <= at <= end]
-        if not refused:
-            return 0.0
-        back = [at for at, ok in self.answers if ok and at > refused[0]]
-        return (back[0] if back else end) - refused[0]
 
 
 def outage(cluster: RabbitCluster, load: Load, node: PrivateRabbit, *, kill: bool) -> float:

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
 
 import httpx
 import pytest
 
-from tests.support.api import send
 from tests.support.bus import Bus, Proc, wait_for
 from tests.support.ledger import assert_exactly_once, ledger
+from tests.support.load import Load
 from tests.support.ops import metric
 
 pytestmark = [
@@ -24,34 +22,6 @@ pytestmark = [
 
 #: Handovers of each kind.
 ROUNDS = 3
-
-
-class Load:
-    """Sends tasks from a thread until stopped; the ids of those the API accepted."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.accepted: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                answer = send(self.bus, type="task", cmd="echo", payload={"n": len(self.accepted)})
-            except httpx.HTTPError:
-                continue
-            if answer.status_code == 200:
-                self.accepted.append(answer.json()["task_id"])
-            time.sleep(0.01)  # about 60 tasks a second: batches of a few entries each
 
 
 def written(tracker: Proc) -> float:
@@ -85,7 +55,7 @@ def test_two_trackers_hand_the_queue_over_and_every_task_is_recorded_once(bus: B
     bus.start_child("child")
     bus.start_api()
     handovers = 0
-    with Load(bus) as load:
+    with Load(bus, pause=0.01) as load:  # about 60 tasks a second
         for round_ in range(ROUNDS * 2):
             holder = active(trackers)
             other = trackers[1 - trackers.index(holder)]
