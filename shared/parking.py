@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from shared import amqp
+from shared.errors import BrokerUnavailable
 from shared.ids import new_event_id, utcnow
 from shared.schemas import Event, TaskMessage
 from shared.topology import Declared, Topology, declare_high
@@ -21,6 +25,15 @@ log = logging.getLogger(__name__)
 
 #: Most messages a listing holds at once (they stay unacked while it reads).
 MAX_SCAN = 10_000
+
+#: The first and the longest pause between two tries at a parking lot another connection holds.
+LOCK_RETRY_S = (0.01, 0.2)
+
+#: One lock per connection, for its own operations: RabbitMQ lets the connection that owns an
+#: exclusive queue declare it again, so the broker's lock does not keep them apart.
+_local_locks: weakref.WeakKeyDictionary[AbstractRobustConnection, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @dataclass(frozen=True)
@@ -84,11 +97,59 @@ class ParkingLots:
         self.timeout = timeout
 
     @asynccontextmanager
+    async def _alone(self, pool: str) -> AsyncIterator[AbstractChannel]:
+        """A channel that alone works `pool`'s parking lot until the block ends.
+
+        A scan holds what it reads unacked, hidden from every other operation: a replay or
+        purge beside a listing (the dashboard refreshing, a second operator, another API
+        replica, the CLI) would miss what the listing holds, and a replay of one task answer
+        "not parked". So every operation first owns the pool's lock queue: exclusive, so one
+        connection at a time; RabbitMQ drops it with a connection that dies holding it. The
+        lock has a channel of its own, so it is let go even when the work's channel failed,
+        and only after that channel put back what it held.
+        """
+        local = _local_locks.setdefault(self.connection, asyncio.Lock())
+        async with local:
+            lock_channel = await self._lock(pool)
+            try:
+                channel = await self.connection.channel()
+                try:
+                    yield channel
+                finally:
+                    if not channel.is_closed:
+                        await channel.close()  # RabbitMQ puts back what was not acked
+            finally:
+                if not lock_channel.is_closed:
+                    await lock_channel.queue_delete(self.topo.parking_lock_queue(pool))
+                    await lock_channel.close()
+
+    async def _lock(self, pool: str) -> AbstractChannel:
+        """A channel that owns the pool's lock queue, once no other connection does."""
+        deadline = time.monotonic() + self.timeout
+        pause = LOCK_RETRY_S[0]
+        while True:
+            channel = await self.connection.channel()
+            try:
+                # Not robust: a connection made again must not take the lock back by itself.
+                await channel.declare_queue(
+                    self.topo.parking_lock_queue(pool), exclusive=True, robust=False
+                )
+                return channel
+            except aiormq.exceptions.ChannelLockedResource:
+                pass  # another connection works this parking lot (RabbitMQ closed the channel)
+            if time.monotonic() + pause > deadline:
+                raise BrokerUnavailable(
+                    f"the parking lot of pool {pool!r} was busy with another operation for"
+                    f" {self.timeout:g} s; try again"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LOCK_RETRY_S[1])
+
+    @asynccontextmanager
     async def _held(self, pool: str) -> AsyncIterator[list[AbstractIncomingMessage]]:
         """The parked messages of `pool`, held unacked; those not acked go back on exit."""
         held: list[AbstractIncomingMessage] = []
-        channel = await self.connection.channel()
-        try:
+        async with self._alone(pool) as channel:
             name = self.topo.parked_queue(self.topo.pool_queue(pool))
             try:
                 queue = await channel.declare_queue(name, passive=True)
@@ -101,9 +162,6 @@ class ParkingLots:
                     break
                 held.append(message)
             yield held
-        finally:
-            if not channel.is_closed:
-                await channel.close()  # RabbitMQ puts back what was not acked
 
     async def peek(self, pools: list[str], limit: int = 100) -> list[Parked]:
         """Up to `limit` parked messages, oldest first, left where they are."""
@@ -176,16 +234,13 @@ class ParkingLots:
     async def purge(self, pools: list[str]) -> int:
         count = 0
         for pool in pools:
-            channel = await self.connection.channel()
-            try:
-                queue = await channel.declare_queue(
-                    self.topo.parked_queue(self.topo.pool_queue(pool)), passive=True
-                )
+            async with self._alone(pool) as channel:
+                try:
+                    queue = await channel.declare_queue(
+                        self.topo.parked_queue(self.topo.pool_queue(pool)), passive=True
+                    )
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    continue
                 result = await queue.purge()
                 count += int(getattr(result, "message_count", 0) or 0)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                continue
-            finally:
-                if not channel.is_closed:
-                    await channel.close()
         return count

@@ -14,6 +14,8 @@ Names (``ns`` is RELAY_NAMESPACE):
 - ``{ns}.pool.{pool}.parked``  the pool's parking lot: tasks out of retries, poison messages.
 - ``{ns}.pool.{pool}.delay.{ms}``  a retry waits here ``ms`` milliseconds, then dead-letters back
                                to the tasks exchange with key ``{pool}``; deleted when unused.
+- ``{ns}.lock.parked.{pool}``  exclusive, empty: held by the one connection working the pool's
+                               parking lot (shared/parking.py), dropped with that connection.
 - ``{ns}.tracker``             quorum queue of the tracker (single active consumer), bound to
                                tasks, tasks.high and events with ``#`` (every send and event),
                                and to dead with ``{ns}.pool.#`` (every task parked).
@@ -165,6 +167,12 @@ class Topology:
     @staticmethod
     def parked_queue(queue: str) -> str:
         return f"{queue}{_PARKED_SUFFIX}"
+
+    def parking_lock_queue(self, pool: str) -> str:
+        """The queue whose exclusive owner alone works the pool's parking lot."""
+        if not self.is_pool_name(pool):
+            raise ValueError(f"invalid pool name {pool!r}")
+        return f"{self.namespace}.lock.parked.{pool}"
 
     def delay_queue(self, pool: str, delay_ms: int, priority: str | None = None) -> str:
         return f"{self.queue_of(pool, priority)}.delay.{delay_ms}"
