@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv browser run test lint format unit bench clean asyncapi
+.PHONY: venv browser run test lint format unit bench bench-peers clean asyncapi
 
 # The environment: created when missing, reinstalled when the dependencies change.
 $(STAMP): pyproject.toml requirements.lock
@@ -32,6 +32,18 @@ run: venv
 bench: venv
 	$(BIN)/python scripts/bench_local.py $(BENCH_ARGS)
 
+# The bus side by side with FastAPI + Dramatiq and FastAPI + Celery on this machine's RabbitMQ
+# and PostgreSQL (scripts/bench_peers.py); the peers get a venv of their own. Options:
+# BENCH_ARGS="--rounds R --tasks N --concurrency C --only bus,dramatiq,celery".
+PEERS_STAMP := .venv-peers/.installed-stamp
+$(PEERS_STAMP): scripts/peers/requirements.txt
+	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/python -m pip install -q -r scripts/peers/requirements.txt
+	touch $(PEERS_STAMP)
+
+bench-peers: venv $(PEERS_STAMP)
+	$(BIN)/python scripts/bench_peers.py $(BENCH_ARGS)
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -54,4 +66,4 @@ asyncapi: venv
 	$(BIN)/convbus asyncapi > docs/asyncapi.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache convbus.db*
+	rm -rf $(VENV) .venv-peers .pytest_cache .mypy_cache .ruff_cache convbus.db*
