@@ -306,9 +306,24 @@ class RabbitCluster:
         return next(node for node in self.nodes if node.name == name)
 
     def restart(self, node: PrivateRabbit) -> None:
-        """Start a stopped or killed node again; it rejoins the cluster by itself."""
+        """Start a stopped or killed node again; it rejoins the cluster by itself. Returns once
+        every quorum queue has its members back (as RabbitMQ's guide for restarting nodes one
+        by one says): a node booted may still be catching its queues up, and another node lost
+        meanwhile would leave them without a quorum."""
         node.start()
         self.ctl(node, "await_startup")
+        wait_for(self.redundant, timeout=90, interval=0.5, what="every quorum queue's members")
+
+    def redundant(self) -> bool:
+        """Whether any one node could stop and leave every quorum queue its quorum."""
+        for node in self.nodes:
+            done = subprocess.run(
+                ["rabbitmq-queues", "-n", node.name, "check_if_node_is_quorum_critical"],
+                env=node.env(), capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                return False
+        return True
 
     def stop_all(self) -> None:
         for node in self.nodes:
