@@ -247,6 +247,11 @@ async def _known(task_id: str, services: Services, *, reserved: bool = False) ->
     state = await services.reader.task_state(task_id)
     if state is not None:
         return state
+    return await _not_recorded_yet(task_id, services, reserved=reserved)
+
+
+async def _not_recorded_yet(task_id: str, services: Services, *, reserved: bool = False) -> str:
+    """'pending' for a task the tracker has not recorded (yet) that the bus issued; else 404."""
     issued = services.ids.issued_at(task_id)
     grace = timedelta(seconds=services.settings.pending_grace_seconds)
     if issued is not None and utcnow() - issued < grace:
@@ -410,7 +415,9 @@ async def _task_response(
 ) -> TaskResponse:
     row = await services.reader.task(task_id)
     if row is None:
-        state: TaskState = await _known(task_id, services)  # type: ignore[assignment]
+        # Not the tracker's state read again: its commit may come between the two reads, and
+        # a record of a final state without its fields (no result) would be answered.
+        state: TaskState = await _not_recorded_yet(task_id, services)  # type: ignore[assignment]
         return TaskResponse(task_id=task_id, task_status=state)
     withheld = None
     if not visibility.sees_whole_task(principal, row, services.settings):
