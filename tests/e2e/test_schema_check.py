@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,8 +59,30 @@ def test_the_api_starts_without_its_database(namespace: Namespace, tmp_path: Pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("empty_database_url", ["sqlite"], indirect=True)
+def _free_run(count: int) -> int:
+    """The first of `count` consecutive free ports (convbus up gives its children the ports
+    after the tracker's: one of those taken made the child exit, in CI)."""
+    while True:
+        first = free_port()
+        others = range(first + 1, first + count)
+        if all(_bindable(port) for port in others):
+            return first
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_convbus_up_migrates_a_fresh_database(bare_bus: Bus) -> None:
-    up = bare_bus.start("up", "up", "--port", str(bare_bus.api_port), RELAY_DEV_MODE="true")
+    ops_port = str(_free_run(3))  # the tracker, the child, the webhooks worker
+    up = bare_bus.start(
+        "up", "up", "--port", str(bare_bus.api_port), RELAY_DEV_MODE="true", RELAY_OPS_PORT=ops_port
+    )
     bare_bus.namespace.pools.add("child")
     wait_for(lambda: http_ready(bare_bus.api, up), timeout=60, what="convbus up")
     engine = migration_engine(bare_bus.database_url)
