@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import bench_local  # scripts/, beside this file
-import pika
 import psycopg
+from local_bus import delete_queues  # scripts/, beside this file
 
 from cli.processes import CONVBUS, free_port
 
@@ -154,22 +154,10 @@ def run_peer(kind: str, opts: argparse.Namespace) -> dict[str, Any] | None:
             if figures is None or figures["errors"]:
                 for index in range(len(procs)):
                     print((Path(workdir) / f"{index}.log").read_text(errors="replace")[-3000:])
-            _delete_queues(opts.amqp_url, [queue, f"{queue}.DQ", f"{queue}.XQ"], [queue])
+            delete_queues(opts.amqp_url, [queue, f"{queue}.DQ", f"{queue}.XQ"], [queue])
             with psycopg.connect(opts.pg_admin_url, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     return figures
-
-
-def _delete_queues(amqp_url: str, queues: list[str], exchanges: list[str]) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        for queue in queues:
-            channel.queue_delete(queue)
-        for exchange in exchanges:
-            channel.exchange_delete(exchange)
-    finally:
-        connection.close()
 
 
 def run_bus(opts: argparse.Namespace) -> dict[str, Any] | None:

@@ -112,18 +112,23 @@ class LocalBus:
         policy = RetryPolicies().default
         delays = {policy.delay_ms(a) for a in range(1, policy.max_retries + 1)}
         queues += [topo.delay_queue(POOL, d) for d in delays if d]
-        connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
-        try:
-            channel = connection.channel()
-            for queue in queues:
-                channel.queue_delete(queue)
-            for exchange in exchanges:
-                channel.exchange_delete(exchange)
-        finally:
-            connection.close()
+        delete_queues(self.amqp_url, queues, exchanges)
 
     def drop_database(self) -> None:
         if self.pg_admin_url is None or self.database is None:
             return
         with psycopg.connect(self.pg_admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+
+def delete_queues(amqp_url: str, queues: list[str], exchanges: list[str]) -> None:
+    """Delete these queues and exchanges (those missing are no error)."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        for queue in queues:
+            channel.queue_delete(queue)
+        for exchange in exchanges:
+            channel.exchange_delete(exchange)
+    finally:
+        connection.close()
