@@ -28,11 +28,16 @@ MAX_LIMIT = 1000
 API_PREFIX = "/api/relay"
 SEND_PATH = f"{API_PREFIX}/send"
 CALLBACK_PATH = f"{API_PREFIX}/callback"
+#: Many callbacks in one request (the Python child's way): each is answered as /callback would.
+CALLBACKS_PATH = f"{API_PREFIX}/callbacks"
 LOGS_PATH = f"{API_PREFIX}/logs"
 TASK_STATUS_PATH = f"{API_PREFIX}/task-status"
 TASKS_PATH = f"{API_PREFIX}/tasks"
 CANCELS_PATH = f"{API_PREFIX}/cancels"
 STREAM_PATH = f"{API_PREFIX}/stream"
+
+#: The most callbacks one POST of /callbacks carries.
+MAX_CALLBACKS = 256
 
 #: Log entry ids are 64-bit (BIGINT, SQLite's INTEGER): a larger one the database refuses.
 MAX_LOG_ID = 2**63 - 1

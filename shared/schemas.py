@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from shared.contract import IDENT_PATTERN, NAME_PATTERN
+from shared.contract import IDENT_PATTERN, MAX_CALLBACKS, NAME_PATTERN
 from shared.ids import TASK_PREFIX, utc_iso
 from shared.topology import RESERVED_POOL_PATTERN, Priority, Topology
 
@@ -434,6 +434,24 @@ class CallbackRequest(_NoNul):
     ) = None
 
 
+class BatchedCallback(BaseModel):
+    """One callback of POST /api/relay/callbacks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    callback: CallbackRequest
+    #: As the X-Relay-First-Callback header of /callback: this task never had a callback before.
+    first: Annotated[bool, Field(strict=True)] = False
+
+
+class CallbacksRequest(BaseModel):
+    """POST /api/relay/callbacks: many callbacks, each handled as POST /callback handles one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    callbacks: list[BatchedCallback] = Field(min_length=1, max_length=MAX_CALLBACKS)
+
+
 class ProgressRequest(_NoNul):
     """POST /api/relay/tasks/{task_id}/progress: a running handler's progress (foreign child)."""
 
@@ -524,6 +542,21 @@ class CallbackResponse(Ok):
     """The answer to a callback (seed: `{"status":"ok"}`); `duplicate: true` for a final task."""
 
     duplicate: bool | None = None
+
+
+class CallbackAnswer(BaseModel):
+    """One callback's answer in a batch: the body /callback would have answered, and its status."""
+
+    code: int = Field(description="The HTTP status /callback would have answered.")
+    status: Literal["ok", "error"]
+    duplicate: bool | None = None
+    msg: str | None = None
+
+
+class CallbacksResponse(Ok):
+    """The answer to POST /api/relay/callbacks: one answer per callback, in the same order."""
+
+    results: list[CallbackAnswer]
 
 
 class InputResponse(Ok):

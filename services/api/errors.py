@@ -87,29 +87,32 @@ def _describe(errors: list[dict[str, Any]]) -> tuple[int, str, list[dict[str, An
 
 def response_for(exc: Exception) -> JSONResponse:
     """The contract's answer to a failure raised while serving a request."""
-    if isinstance(exc, ApiError):
-        return error_response(exc.status_code, exc.msg, headers=exc.headers)
     if isinstance(exc, RequestValidationError):
         status, msg, errors = _describe(list(exc.errors()))
         return error_response(status, msg, errors)
+    status, msg, headers = refusal_of(exc)
+    return error_response(status, msg, headers=headers)
+
+
+def refusal_of(exc: Exception) -> tuple[int, str, dict[str, str] | None]:
+    """Status, message and headers of the answer to a failure (but a body's validation)."""
+    if isinstance(exc, ApiError):
+        return exc.status_code, exc.msg, exc.headers
     if isinstance(exc, StarletteHTTPException):
         msg = {404: "not found", 405: "method not allowed"}.get(exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, msg, headers=getattr(exc, "headers", None))
+        return exc.status_code, msg, getattr(exc, "headers", None)
     if isinstance(exc, BrokerUnavailable):
         log.warning("503: %s", exc)
-        return error_response(
-            503,
-            "message bus unavailable: RabbitMQ did not confirm, nothing was sent",
-            headers={"Retry-After": "1"},
-        )
+        msg = "message bus unavailable: RabbitMQ did not confirm, nothing was sent"
+        return 503, msg, {"Retry-After": "1"}
     if isinstance(exc, PublishRefused):
         log.error("503: %s", exc)
-        return error_response(503, "message bus refused the message, nothing was sent")
+        return 503, "message bus refused the message, nothing was sent", None
     if isinstance(exc, DatabaseUnavailable):
         log.warning("503: %s", exc)
-        return error_response(503, "database unavailable", headers={"Retry-After": "1"})
+        return 503, "database unavailable", {"Retry-After": "1"}
     log.error("unexpected error", exc_info=exc)
-    return error_response(500, "internal error")
+    return 500, "internal error", None
 
 
 def allowed_methods(request: Request) -> set[str]:

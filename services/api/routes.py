@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -31,9 +32,9 @@ from services.api.deps import (
     authenticate,
     services_of,
 )
-from services.api.errors import ApiError
+from services.api.errors import ApiError, refusal_of
 from services.api.hand_read import HandReadRoute
-from shared import webhooks
+from shared import metrics, webhooks
 from shared.contract import (
     API_PREFIX,
     FIRST_CALLBACK_HEADER,
@@ -61,8 +62,12 @@ from shared.schemas import (
     AckRequest,
     Asking,
     AskRequest,
+    BatchedCallback,
+    CallbackAnswer,
     CallbackRequest,
     CallbackResponse,
+    CallbacksRequest,
+    CallbacksResponse,
     CancelResponse,
     CancelsResponse,
     ErrorResponse,
@@ -86,7 +91,7 @@ from shared.schemas import (
 from shared.topology import WEBHOOK_POOL
 
 router = APIRouter(prefix=API_PREFIX)
-#: Send and callback, the two requests every task makes: their endpoints read their own request.
+#: Send and callback(s), the requests every task makes: their endpoints read their own request.
 hand_read_router = APIRouter(prefix=API_PREFIX, route_class=HandReadRoute)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
@@ -286,23 +291,67 @@ async def callback(request: Request) -> Response:
     """
     principal = await hand_read.caller(request, "callback")
     body = await hand_read.body(request, CallbackRequest)
+    first = request.headers.get(FIRST_CALLBACK_HEADER) == "1"
+    duplicate = await _accept_callback(principal, body, first, services_of(request))
+    return _answer(CallbackResponse(duplicate=duplicate or None), exclude_none=True)
+
+
+@hand_read_router.post(
+    "/callbacks",
+    response_model=CallbacksResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    openapi_extra=hand_read.documented(CallbacksRequest),
+)
+async def callbacks(request: Request) -> Response:
+    """Many callbacks in one request, each handled as POST /callback handles one; 200 with an
+    answer per callback, in their order, each with the status /callback would have answered.
+
+    The child's way: a request and its answer cost the API more than the callback itself, and
+    the callbacks' events are published side by side, their confirms awaited together.
+    """
+    principal = await hand_read.caller(request, "callback")
+    batch = await hand_read.body(request, CallbacksRequest)
     services = services_of(request)
-    first = request.headers.get(FIRST_CALLBACK_HEADER)
+    answers = await asyncio.gather(
+        *(_batched_answer(principal, item, services) for item in batch.callbacks)
+    )
+    return _answer(CallbacksResponse(results=answers), exclude_none=True)
+
+
+async def _batched_answer(
+    principal: Principal, item: BatchedCallback, services: Services
+) -> CallbackAnswer:
+    """One callback of a batch: its answer, its failure answered as /callback would."""
+    try:
+        duplicate = await _accept_callback(principal, item.callback, item.first, services)
+    except Exception as exc:  # each callback's failure is its own answer, as /callback's
+        status, msg, _ = refusal_of(exc)
+        metrics.CALLBACKS_RECEIVED.labels(str(status)).inc()
+        return CallbackAnswer(code=status, status="error", msg=msg)
+    metrics.CALLBACKS_RECEIVED.labels("accepted").inc()
+    return CallbackAnswer(code=200, status="ok", duplicate=duplicate or None)
+
+
+async def _accept_callback(
+    principal: Principal, body: CallbackRequest, first: bool, services: Services
+) -> bool:
+    """Publish the callback's completion event, confirmed; True when it is a duplicate."""
     if services.ids.issued_at(body.task_id) is None:
         # 404 unless it is a client-chosen id being sent or sent
         await _known(body.task_id, services, reserved=True)
     await _check_pool(principal, body.task_id, services)
     event_id = callback_event_id(body.task_id)
     try:
-        if first != "1" and await services.reader.has_event(event_id):
-            return _answer(CallbackResponse(duplicate=True), exclude_none=True)
+        if not first and await services.reader.has_event(event_id):
+            return True
     except DatabaseUnavailable:
         pass  # the database is down: publish anyway, the tracker keeps one completion
 
     # Every field of the callback is a field of its event, under the same name.
     event = Event(event_id=event_id, event="callback", ts=utcnow(), **dict(body))
     await services.broker.publish_event(event)
-    return _answer(CallbackResponse(), exclude_none=True)
+    return False
 
 
 async def _check_pool(principal: Principal, task_id: str, services: Services) -> None:

@@ -185,6 +185,50 @@ def test_callback_ahead_of_the_tracker_is_accepted_and_kept(bus: Bus) -> None:
     assert record(bus, task_id)["result"] == {"x": 1}
 
 
+def test_batched_callbacks_each_get_the_answer_their_callback_alone_would(bus: Bus) -> None:
+    bus.start_api()  # no tracker yet: the completions wait on the bus
+    first, second = send_task(bus, "echo"), send_task(bus, "echo")
+    url = f"{bus.api}/api/relay/callbacks"
+    batch = [
+        {"first": True, "callback": {"task_id": first, "child_id": "c1", "result": {"n": 1}}},
+        {"callback": {"task_id": second, "status": "failed", "error": "no"}},
+        {"callback": {"task_id": "t_never_issued"}},
+    ]
+    response = httpx.post(url, json={"callbacks": batch}, headers=AUTH, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "status": "ok",
+        "results": [
+            {"code": 200, "status": "ok"},
+            {"code": 200, "status": "ok"},
+            {"code": 404, "status": "error", "msg": "task not found"},
+        ],
+    }
+    bus.start_tracker()
+    assert wait_for(lambda: finished(bus, first))["result"] == {"n": 1}
+    assert wait_for(lambda: finished(bus, second))["error"] == "no"
+    again = httpx.post(url, json={"callbacks": batch[:1]}, headers=AUTH, timeout=10)
+    assert again.json()["results"] == [{"code": 200, "status": "ok"}]  # said first: not looked up
+    looked_up = [{"callback": batch[0]["callback"]}]
+    again = httpx.post(url, json={"callbacks": looked_up}, headers=AUTH, timeout=10)
+    assert again.json()["results"] == [{"code": 200, "status": "ok", "duplicate": True}]
+    assert [e["event"] for e in logs(bus, task_id=first)] == ["send", "callback"]
+
+    # A body that is wrong anywhere is refused whole, and changes nothing.
+    third = send_task(bus, "echo")
+    for wrong, where in (
+        ({"callbacks": []}, "callbacks"),
+        ({"callbacks": [{"callback": {"task_id": third}}] * 257}, "callbacks"),
+        ({"callbacks": [{"callback": {"task_id": third}}, {"callback": {}}]}, "task_id"),
+        ({"callbacks": [{"callback": {"task_id": third, "mood": 1}}]}, "callbacks.0.callback.mood"),
+        ({"callbacks": [{"callback": {"task_id": third}, "first": "maybe"}]}, "first"),
+    ):
+        answer = httpx.post(url, json=wrong, headers=AUTH, timeout=10)
+        assert answer.status_code == 422 and where in answer.json()["msg"], answer.text
+    assert httpx.post(url, content=b"[", headers=AUTH, timeout=10).status_code == 400
+    assert record(bus, third)["task_status"] == "pending"
+
+
 def test_unknown_task_ids_are_refused(bus: Bus) -> None:
     bus.start_api()
     for task_id in ("t_nope", "t_" + "a" * 39, "job-1"):

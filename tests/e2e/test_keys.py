@@ -57,6 +57,7 @@ def test_keys_scopes_identities_and_pools(bus: Bus) -> None:
     for path, body in (
         ("send", task),
         ("callback", {"task_id": "t_x"}),
+        ("callbacks", {"callbacks": [{"callback": {"task_id": "t_x"}}]}),
         ("ack", {"task_id": "t_x"}),
     ):
         for key in (None, "wrong", ""):
@@ -88,6 +89,11 @@ def test_keys_scopes_identities_and_pools(bus: Bus) -> None:
     callback = post(bus, "callback", {"task_id": bazi_task, "result": 1}, KEYS["bazi"])
     assert callback.status_code == 200 and callback.json() == {"status": "ok"}
     assert_error(post(bus, "callback", {"task_id": bazi_task}, KEYS["master"]), 403)
+    # So does a batch: each callback is answered as it would be alone.
+    batch = {"callbacks": [{"callback": {"task_id": t}} for t in (elsewhere, bazi_task)]}
+    answers = post(bus, "callbacks", batch, KEYS["bazi"]).json()["results"]
+    assert [a["code"] for a in answers] == [403, 200]
+    assert_error(post(bus, "callbacks", batch, KEYS["master"]), 403)
     # Client-chosen ids too, before any tracker has seen them (none runs here).
     for task_id, pool, status in (("job-b1", "child_bazi", 200), ("job-c1", "child", 403)):
         chosen = {**task, "to": pool, "task_id": task_id}

@@ -209,6 +209,7 @@ def test_the_hand_read_routes_are_api_routes_fastapi_documents() -> None:
     assert {(r.path, *sorted(r.methods or ())) for r in hand_read} == {
         ("/api/relay/send", "POST"),
         ("/api/relay/callback", "POST"),
+        ("/api/relay/callbacks", "POST"),
     }
     assert all(isinstance(r.original_route, APIRoute) and r.include_in_schema for r in hand_read)
 
