@@ -190,6 +190,9 @@ class ChildSettings(BusSettings):
     #: Wait after the first failed callback attempt; it doubles after each (1 s, 2 s, 4 s).
     callback_backoff: float = Field(default=1.0, ge=0, le=300)
     callback_timeout: float = Field(default=10.0, gt=0, le=300)
+    #: Outcomes waiting to be reported go together in one POST /callbacks (at most two such
+    #: requests at a time); false: one POST /callback each, as the seed did.
+    callback_batch: bool = True
     child_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
     #: Seconds a handler runs before the child publishes its `processing` event; a faster run's
     #: entry is written by the tracker from the callback (one message less per task). 0: always.

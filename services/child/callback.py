@@ -1,10 +1,18 @@
-"""The callback client: POST the outcome to the API, with retries and exponential backoff."""
+"""The callback client: POST the outcome to the API, with retries and exponential backoff.
+
+Outcomes are batched by default: those waiting go together in one POST /callbacks, at most
+BATCHES_IN_FLIGHT at a time, and whatever comes in while they are out goes in the next. Nothing
+waits on purpose: a lone outcome goes at once. Each callback keeps its own answer, retries and
+backoff, exactly as when it is posted alone; only the transport is shared.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -14,13 +22,22 @@ from shared.backoff import Backoff, retry
 from shared.contract import (
     API_KEY_HEADER,
     CALLBACK_PATH,
+    CALLBACKS_PATH,
     CANCELS_PATH,
     FIRST_CALLBACK_HEADER,
+    MAX_CALLBACKS,
     TASKS_PATH,
 )
-from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
+from shared.errors import BusError, CallbackFailed, CallbackRefused, UnknownTask
 from shared.ids import utc_iso, utcnow
-from shared.schemas import CallbackRequest, CallbackResponse, CancelsResponse, TaskResponse
+from shared.schemas import (
+    CallbackAnswer,
+    CallbackRequest,
+    CallbackResponse,
+    CallbacksResponse,
+    CancelsResponse,
+    TaskResponse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +46,17 @@ log = logging.getLogger(__name__)
 #: connection it reuses (uvicorn's default of 5 s made about 1 callback in 200 fail once, and
 #: wait a second, with thousands of handlers at once).
 IDLE_CONNECTION_SECONDS = 30
+
+#: Batches of callbacks on their way at once: while they are out, the next outcomes gather.
+BATCHES_IN_FLIGHT = 2
+#: Most bytes of outcomes in one batch, well under the API's body limit (1 MiB by default).
+BATCH_BYTES = 512 * 1024
+#: An outcome larger than this is posted alone, to /callback.
+ALONE_BYTES = 64 * 1024
+#: Answers to a batch that mean the API cannot take it as a batch: an API older than
+#: /callbacks (404, 405), or a body it refuses whole (400, 413, 422). Each of its callbacks is
+#: then posted alone, to get its own answer.
+_BATCH_NOT_TAKEN = frozenset({400, 404, 405, 413, 422})
 
 
 #: What a child learns of a task before it runs it (CallbackClient.standing).
@@ -40,8 +68,26 @@ class _Unanswered(Exception):
     a network error, a timeout, 408 or 429."""
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """A callback attempt waiting for its batch, and the future of its answer."""
+
+    data: bytes
+    task_id: str
+    first: bool
+    answer: asyncio.Future[bool]
+
+    def wire(self) -> bytes:
+        """Its item of POST /callbacks: the callback's JSON as it would be posted alone."""
+        flag = b'"first":true,' if self.first else b""
+        return b"{" + flag + b'"callback":' + self.data + b"}"
+
+
 class CallbackClient:
-    """One shared aiohttp session (cheap per request under concurrency, unlike httpx's pool)."""
+    """One shared aiohttp session (cheap per request under concurrency, unlike httpx's pool).
+
+    `batch`: outcomes go in batches to POST /callbacks (see the module's doc); else each alone.
+    """
 
     def __init__(
         self,
@@ -52,9 +98,14 @@ class CallbackClient:
         backoff: float = 1.0,
         timeout: float = 10.0,
         session: aiohttp.ClientSession | None = None,
+        batch: bool = False,
     ) -> None:
         self.api = api_base.rstrip("/")
         self.url = self.api + CALLBACK_PATH
+        self.batch_url = self.api + CALLBACKS_PATH
+        self.batch = batch
+        self._waiting: deque[_Waiting] = deque()
+        self._batches: set[asyncio.Task[None]] = set()
         self.attempts = attempts
         #: The wait after each failed attempt: `backoff`, then twice that each time (the seed's).
         self.backoff = Backoff(first=backoff, factor=2.0, cap=None)
@@ -71,6 +122,11 @@ class CallbackClient:
         return self._session
 
     async def close(self) -> None:
+        for batch in list(self._batches):
+            batch.cancel()
+        for waiting in self._waiting:
+            waiting.answer.cancel()
+        self._waiting.clear()
         if self._session is not None:
             await self._session.close()
 
@@ -144,7 +200,10 @@ class CallbackClient:
         data = body.model_dump_json(exclude_none=True).encode()
 
         def post(attempt: int) -> Awaitable[bool]:
-            return self._post(data, body.task_id, first=first and attempt == 1)
+            first_try = first and attempt == 1
+            if self.batch and len(data) <= ALONE_BYTES:
+                return self._post_batched(data, body.task_id, first=first_try)
+            return self._post(data, body.task_id, first=first_try)
 
         what = f"callback for {body.task_id} failed"
         try:
@@ -176,6 +235,130 @@ class CallbackClient:
         if 400 <= response.status < 500 and response.status not in (408, 429):
             raise CallbackRefused(f"HTTP {response.status}: {text[:500]}")
         raise _Unanswered(f"HTTP {response.status}: {text[:200]}")
+
+    async def _post_batched(self, data: bytes, task_id: str, *, first: bool) -> bool:
+        """One attempt, in the next batch: as _post, from the callback's answer in the batch's."""
+        waiting = _Waiting(data, task_id, first, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        self._start_batches()
+        return await waiting.answer
+
+    def _start_batches(self) -> None:
+        """Post the waiting callbacks, in batches, while fewer than BATCHES_IN_FLIGHT are out."""
+        while self._waiting and len(self._batches) < BATCHES_IN_FLIGHT:
+            batch = self._next_batch()
+            if not batch:
+                return
+            request = asyncio.create_task(self._post_batch(batch))
+            self._batches.add(request)
+            request.add_done_callback(self._batch_done)
+
+    def _batch_done(self, request: asyncio.Task[None]) -> None:
+        self._batches.discard(request)
+        self._start_batches()
+
+    def _next_batch(self) -> list[_Waiting]:
+        """The oldest waiting callbacks, up to MAX_CALLBACKS and BATCH_BYTES (one at least)."""
+        batch: list[_Waiting] = []
+        size = 0
+        while self._waiting and len(batch) < MAX_CALLBACKS:
+            waiting = self._waiting[0]
+            if waiting.answer.done():  # its sender stopped waiting (cancelled)
+                self._waiting.popleft()
+                continue
+            if batch and size + len(waiting.data) > BATCH_BYTES:
+                break
+            batch.append(self._waiting.popleft())
+            size += len(waiting.data)
+        return batch
+
+    async def _post_batch(self, batch: list[_Waiting]) -> None:
+        """One POST /callbacks; each callback's answer, or failure, goes to its future.
+
+        Whatever happens, every sender of the batch is answered: one whose batch was cancelled
+        (the client closed) is cancelled too.
+        """
+        try:
+            await self._answer_batch(batch)
+        except Exception as exc:  # a bug here must not leave its senders waiting for good
+            log.exception("a batch of %d callbacks failed", len(batch))
+            _settle(batch, _Unanswered(f"the batch failed: {exc!r}"))
+        finally:
+            for waiting in batch:
+                if not waiting.answer.done():
+                    waiting.answer.cancel()
+
+    async def _answer_batch(self, batch: list[_Waiting]) -> None:
+        data = b'{"callbacks":[' + b",".join(w.wire() for w in batch) + b"]}"
+        try:
+            async with self._get_session().post(
+                self.batch_url, data=data, headers=self._headers, timeout=self._timeout
+            ) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            _settle(batch, _Unanswered(repr(exc)))
+            return
+        status = response.status
+        if status == 200:
+            _settle_each(batch, text)
+        elif status in _BATCH_NOT_TAKEN:
+            if status in (404, 405):
+                log.warning("the API at %s has no %s (HTTP %d): posting each callback alone",
+                            self.api, CALLBACKS_PATH, status)  # fmt: skip
+                self.batch = False
+            await asyncio.gather(*(self._post_alone(w) for w in batch))
+        elif 400 <= status < 500 and status not in (408, 429):
+            _settle(batch, CallbackRefused(f"HTTP {status}: {text[:500]}"))
+        else:
+            _settle(batch, _Unanswered(f"HTTP {status}: {text[:200]}"))
+
+    async def _post_alone(self, waiting: _Waiting) -> None:
+        """A callback of a batch the API did not take, posted to /callback for its own answer."""
+        try:
+            duplicate = await self._post(waiting.data, waiting.task_id, first=waiting.first)
+        except (BusError, _Unanswered) as exc:  # the attempt's failure is its sender's
+            _settle([waiting], exc)
+        else:
+            if not waiting.answer.done():
+                waiting.answer.set_result(duplicate)
+
+
+def _settle(batch: list[_Waiting], failure: Exception) -> None:
+    """Every callback of the batch failed this attempt with `failure`."""
+    for waiting in batch:
+        if not waiting.answer.done():
+            waiting.answer.set_exception(failure)
+
+
+def _settle_each(batch: list[_Waiting], text: str) -> None:
+    """Each callback gets its own answer from the batch's, as /callback would have given it."""
+    try:
+        results = CallbacksResponse.model_validate_json(text).results
+    except ValueError as exc:
+        _settle(batch, _Unanswered(f"unreadable answer to a batch: {exc}"))
+        return
+    if len(results) != len(batch):
+        _settle(batch, _Unanswered(f"{len(results)} answers to {len(batch)} callbacks"))
+        return
+    for waiting, result in zip(batch, results, strict=True):
+        if waiting.answer.done():
+            continue
+        try:
+            waiting.answer.set_result(_duplicate_or_raise(result, waiting.task_id))
+        except (BusError, _Unanswered) as exc:  # the refusal of this callback alone
+            waiting.answer.set_exception(exc)
+
+
+def _duplicate_or_raise(result: CallbackAnswer, task_id: str) -> bool:
+    """A callback's answer within a batch, read as _post reads the answer to /callback."""
+    if 200 <= result.code < 300:
+        return result.duplicate is True
+    what = f"HTTP {result.code}: {result.msg or ''}"
+    if result.code == 404:
+        raise UnknownTask(f"the API does not know task {task_id}: {what}")
+    if 400 <= result.code < 500 and result.code not in (408, 429):
+        raise CallbackRefused(what[:500])
+    raise _Unanswered(what[:200])
 
 
 def _is_duplicate(text: str) -> bool:

@@ -146,6 +146,7 @@ class Worker:
             attempts=settings.callback_attempts,
             backoff=settings.callback_backoff,
             timeout=settings.callback_timeout,
+            batch=settings.callback_batch,
         )
         self.finished = FinishedTasks(
             Path(settings.state_dir) / f"convbus-child-{settings.namespace}-{pool}.db",

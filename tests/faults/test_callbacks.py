@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from shared.contract import CALLBACK_PATH, CALLBACKS_PATH
 from tests.support.api import finished, record, send_task
 from tests.support.bus import Bus, wait_for
 from tests.support.callback_proxy import callback_proxy
@@ -62,15 +63,23 @@ def test_a_callback_that_never_succeeds_parks_the_task_and_replay_completes_it(b
     assert int(count.read_text()) == 1  # the handler ran once; only its callback was retried
 
 
+#: The child's two ways of calling back: batched (its default) and alone (the seed's).
+BOTH_WAYS = pytest.mark.parametrize("batched", ["true", "false"], ids=["batched", "alone"])
+CALLBACK_PATHS = {"true": CALLBACKS_PATH, "false": CALLBACK_PATH}
+
+
+@BOTH_WAYS
 def test_a_child_killed_after_its_callback_before_its_ack_does_not_run_it_again(
-    bus: Bus,
+    bus: Bus, batched: str
 ) -> None:
     bus.start_tracker()
     bus.start_api()
     count = bus.workdir / "runs.count"
     with callback_proxy(bus.api) as proxy:
         proxy.mode = "hold"
-        victim = bus.start_child("child", *HANDLERS, LYNKER_API_BASE=proxy.url)
+        victim = bus.start_child(
+            "child", *HANDLERS, LYNKER_API_BASE=proxy.url, RELAY_CALLBACK_BATCH=batched
+        )
         task_id = send_task(bus, "flaky", payload={"counter": str(count), "fail_times": 0})
         assert proxy.held.wait(30), "the callback never reached the API"
         victim.popen.send_signal(signal.SIGKILL)  # the completion is on the bus, the ack is not
@@ -81,10 +90,12 @@ def test_a_child_killed_after_its_callback_before_its_ack_does_not_run_it_again(
         wait_for(lambda: bus.namespace.queue_depth(bus.namespace.topo.pool_queue("child")) == 0)
     assert int(count.read_text()) == 1
     assert proxy.forwarded_callbacks == 1
+    assert proxy.callback_paths == [CALLBACK_PATHS[batched]]
 
 
+@BOTH_WAYS
 def test_a_child_killed_while_its_callback_is_on_the_way_leaves_the_task_to_the_next(
-    bus: Bus,
+    bus: Bus, batched: str
 ) -> None:
     # The callback never reaches the API: only a child that acks after its callback answered
     # leaves the delivery to be redelivered. One that acked earlier (before the callback, or
@@ -94,7 +105,9 @@ def test_a_child_killed_while_its_callback_is_on_the_way_leaves_the_task_to_the_
     count = bus.workdir / "runs.count"
     with callback_proxy(bus.api) as proxy:
         proxy.mode = "hold_before"
-        victim = bus.start_child("child", *HANDLERS, LYNKER_API_BASE=proxy.url)
+        victim = bus.start_child(
+            "child", *HANDLERS, LYNKER_API_BASE=proxy.url, RELAY_CALLBACK_BATCH=batched
+        )
         task_id = send_task(bus, "flaky", payload={"counter": str(count), "fail_times": 0})
         assert proxy.held.wait(30), "the child never called back"
         victim.popen.send_signal(signal.SIGKILL)
@@ -105,5 +118,6 @@ def test_a_child_killed_while_its_callback_is_on_the_way_leaves_the_task_to_the_
         bus.start_child("child", *HANDLERS)
         assert_exactly_once(bus.database_url, [task_id])
     assert proxy.forwarded_callbacks == 0
+    assert proxy.callback_paths == [CALLBACK_PATHS[batched]]
     # The next child found the outcome the first one recorded before calling back.
     assert int(count.read_text()) == 1

@@ -1,7 +1,11 @@
-"""A proxy in front of the API's callback endpoint that can fail, or hold the answer back."""
+"""A proxy in front of the API's callback endpoints that can fail, or hold the answer back.
+
+It counts callbacks, not requests: a batch (POST /callbacks) counts each of its callbacks.
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +24,7 @@ class CallbackProxy:
         self.forwarded_callbacks = 0
         self.refused_callbacks = 0
         self.dropped_callbacks = 0
+        self.callback_paths: list[str] = []  # the path of each callback request, in order
         self.held = threading.Event()  # set once a callback was forwarded and is being held
         self.release = threading.Event()
         proxy = self
@@ -31,15 +36,18 @@ class CallbackProxy:
             def _relay(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                is_callback = self.path.endswith("/callback")
+                is_callback = self.path.endswith(("/callback", "/callbacks"))
+                count = _callbacks_in(self.path, body)
+                if is_callback:
+                    proxy.callback_paths.append(self.path)
                 if is_callback and proxy.mode == "fail":
-                    proxy.refused_callbacks += 1
+                    proxy.refused_callbacks += count
                     self._answer(500, b'{"status":"error","msg":"injected failure"}')
                     return
                 if is_callback and proxy.mode == "hold_before":
                     proxy.held.set()
                     proxy.release.wait(60)
-                    proxy.dropped_callbacks += 1
+                    proxy.dropped_callbacks += count
                     self._answer(502, b'{"status":"error","msg":"dropped on the way"}')
                     return
                 upstream = httpx.request(
@@ -50,7 +58,7 @@ class CallbackProxy:
                     timeout=30,
                 )
                 if is_callback:
-                    proxy.forwarded_callbacks += 1
+                    proxy.forwarded_callbacks += count
                     if proxy.mode == "hold":
                         proxy.held.set()
                         proxy.release.wait(60)
@@ -78,6 +86,13 @@ class CallbackProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def _callbacks_in(path: str, body: bytes) -> int:
+    """How many callbacks a request carries."""
+    if path.endswith("/callbacks"):
+        return len(json.loads(body)["callbacks"])
+    return 1
 
 
 @contextmanager
