@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from shared.contract import CALLBACK_PATH, CALLBACKS_PATH
-from tests.support.api import finished, record, send_task
+from tests.support.api import finished, logs, record, send_task
 from tests.support.bus import Bus, wait_for
 from tests.support.callback_proxy import callback_proxy
 from tests.support.ledger import assert_exactly_once, ledger
@@ -121,3 +121,23 @@ def test_a_child_killed_while_its_callback_is_on_the_way_leaves_the_task_to_the_
     assert proxy.callback_paths == [CALLBACK_PATHS[batched]]
     # The next child found the outcome the first one recorded before calling back.
     assert int(count.read_text()) == 1
+
+
+def test_the_api_killed_while_batches_of_callbacks_are_out_loses_nothing(bus: Bus) -> None:
+    # Batches in flight when the API dies: some of their events may be published, none
+    # answered. Each callback is sent again and recorded once; no task is acked unanswered.
+    bus.start_tracker()
+    api = bus.start_api()
+    bus.start_child("child", *HANDLERS, RELAY_CALLBACK_BACKOFF="0.2")
+    counters = [bus.workdir / f"runs-{n}.count" for n in range(150)]
+    ids = [
+        send_task(bus, "counted_nap", payload={"counter": str(c), "seconds": 1.5}) for c in counters
+    ]
+    wait_for(lambda: len(logs(bus, event="callback")) >= 5, what="the first callbacks")
+    through = len(logs(bus, event="callback", limit=1000))
+    api.popen.send_signal(signal.SIGKILL)
+    api.popen.wait(10)
+    bus.start_api()
+    assert_exactly_once(bus.database_url, ids)
+    assert [int(c.read_text()) for c in counters] == [1] * len(counters)  # each handler ran once
+    assert through < len(ids)  # the kill came while callbacks were still to come
