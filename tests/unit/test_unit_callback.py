@@ -17,6 +17,7 @@ from services.child.callback import IDLE_CONNECTION_SECONDS, CallbackClient
 from shared.contract import API_IDLE_CONNECTION_SECONDS, API_KEY_HEADER, FIRST_CALLBACK_HEADER
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
 from shared.schemas import CallbackRequest
+from tests.support.local_server import local_server
 
 KEY = "unit-test-key"
 OK = (200, '{"status":"ok"}')
@@ -50,15 +51,8 @@ async def api() -> AsyncIterator[Api]:
     fake = Api()
     app = web.Application()
     app.router.add_post("/api/relay/callback", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        fake.base = f"http://{host}:{port}"
+    async with local_server(app) as fake.base:
         yield fake
-    finally:
-        await runner.cleanup()
 
 
 def make_client(base: str, **kw: Any) -> CallbackClient:

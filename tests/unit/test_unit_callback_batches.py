@@ -19,6 +19,7 @@ from services.child.callback import ALONE_BYTES, BATCHES_IN_FLIGHT, CallbackClie
 from shared.contract import API_KEY_HEADER, FIRST_CALLBACK_HEADER, MAX_CALLBACKS
 from shared.errors import CallbackFailed, CallbackRefused, UnknownTask
 from shared.schemas import CallbackRequest
+from tests.support.local_server import local_server
 
 KEY = "unit-test-key"
 OK = {"code": 200, "status": "ok"}
@@ -84,16 +85,11 @@ async def api() -> AsyncIterator[Api]:
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_post("/api/relay/callbacks", fake.batch)
     app.router.add_post("/api/relay/callback", fake.single)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        fake.base = f"http://{host}:{port}"
-        yield fake
-    finally:
-        fake.open.set()
-        await runner.cleanup()
+    async with local_server(app) as fake.base:
+        try:
+            yield fake
+        finally:
+            fake.open.set()  # a handler still held would keep the server from closing
 
 
 @pytest.fixture
