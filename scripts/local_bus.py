@@ -15,6 +15,7 @@ import pika
 import psycopg
 
 from cli.processes import CONVBUS, BusProcess, free_port, stop_all
+from services.child.schedule import STEPS_MS
 from shared.retry import RetryPolicies
 from shared.topology import Topology
 
@@ -110,8 +111,11 @@ class LocalBus:
         topo = Topology(self.namespace)
         exchanges, queues = topo.names([POOL])
         policy = RetryPolicies().default
-        delays = {policy.delay_ms(a) for a in range(1, policy.max_retries + 1)}
-        queues += [topo.delay_queue(POOL, d) for d in delays if d]
+        retries = {policy.delay_ms(a) for a in range(1, policy.max_retries + 1)}
+        # Every wait the child declares (Worker._declare_waits): retries and schedule steps,
+        # normal and high.
+        delays = sorted({*STEPS_MS, *(d for d in retries if d)})
+        queues += [topo.delay_queue(POOL, d, p) for d in delays for p in (None, "high")]
         delete_queues(self.amqp_url, queues, exchanges)
 
     def drop_database(self) -> None:
