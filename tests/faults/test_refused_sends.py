@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.api import AUTH, logs, send
+from tests.support.api import AUTH, logs, send, send_task
 from tests.support.bus import Bus, wait_for
 from tests.support.ledger import assert_exactly_once
 from tests.support.ops import metric
@@ -154,3 +154,27 @@ def test_a_send_no_queue_takes_is_a_503(bus: Bus) -> None:
         answer = send(bus, **body)
         assert answer.status_code == 503, answer.text
         assert answer.json()["msg"] == "message bus refused the message, nothing was sent"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_batched_callback_no_queue_takes_is_answered_503_alone(bus: Bus) -> None:
+    """In a batch, a callback whose completion RabbitMQ returns (the tracker's queue deleted)
+    is answered 503, as /callback would answer it, not 200 with the rest."""
+    bus.start_api()  # no tracker: nothing declares its queue again
+    first, second = send_task(bus), send_task(bus)
+    channel = bus.namespace.channel()
+    try:
+        channel.queue_delete(bus.namespace.topo.tracker_queue)
+    finally:
+        channel.connection.close()
+    batch = {"callbacks": [{"callback": {"task_id": t}} for t in (first, "t_unknown", second)]}
+    url = f"{bus.api}/api/relay/callbacks"
+    answer = httpx.post(url, json=batch, headers=AUTH, timeout=10)
+    assert answer.status_code == 200, answer.text
+    refused = {
+        "code": 503,
+        "status": "error",
+        "msg": "message bus refused the message, nothing was sent",
+    }
+    not_found = {"code": 404, "status": "error", "msg": "task not found"}
+    assert answer.json()["results"] == [refused, not_found, refused]
