@@ -1,11 +1,11 @@
 """Endpoints that read their own request: the route class, and the readers of key, header, body.
 
-Two requests a task take `send` and `callback`. FastAPI's dependency solving was a fifth of the
-API's time on them, so their endpoints take the bare Request and read the key, headers and body
-here, with the same models and the same errors: a failure is raised as the RequestValidationError
-FastAPI would have raised, so errors.py words it. They are FastAPI routes all the same (one path
-per request): every middleware and exception handler runs for them, and the OpenAPI describes
-them from `documented`.
+The requests every task makes: `send`, and `callback` or `callbacks`. FastAPI's dependency
+solving was a fifth of the API's time on them, so their endpoints take the bare Request and read
+the key, headers and body here, with the same models and the same errors: a failure is raised as
+the RequestValidationError FastAPI would have raised, so errors.py words it. They are FastAPI
+routes all the same (one path per request): every middleware and exception handler runs for
+them, and the OpenAPI describes them from `documented`.
 """
 
 from __future__ import annotations
