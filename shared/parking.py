@@ -79,6 +79,14 @@ def _describe(pool: str, message: AbstractIncomingMessage) -> Parked:
     )
 
 
+async def _let_go(channel: AbstractChannel, exclusive_queue: str) -> None:
+    """Let another connection own `exclusive_queue` (a closed channel: its connection, which
+    owned the queue, is gone)."""
+    if not channel.is_closed:
+        await channel.queue_delete(exclusive_queue)
+        await channel.close()
+
+
 class ParkingLots:
     """Operations on the pools' parking lots, over one robust connection."""
 
@@ -119,21 +127,31 @@ class ParkingLots:
                     if not channel.is_closed:
                         await channel.close()  # RabbitMQ puts back what was not acked
             finally:
-                if not lock_channel.is_closed:
-                    await lock_channel.queue_delete(self.topo.parking_lock_queue(pool))
-                    await lock_channel.close()
+                await _let_go(lock_channel, self.topo.parking_lock_queue(pool))
 
     async def _lock(self, pool: str) -> AbstractChannel:
-        """A channel that owns the pool's lock queue, once no other connection does."""
+        """A channel that owns the pool's lock queue, once no other connection does.
+
+        First the turn, then the lock: one that waits holds the turn, so a holder that is done
+        cannot take the lock straight back however often it asks (a listing run again and again
+        starved a replay beside it, whose tries at the lock all fell while it was held).
+        """
         deadline = time.monotonic() + self.timeout
+        turn_queue = self.topo.parking_turn_queue(pool)
+        turn_channel = await self._own(pool, turn_queue, deadline)
+        try:
+            return await self._own(pool, self.topo.parking_lock_queue(pool), deadline)
+        finally:
+            await _let_go(turn_channel, turn_queue)
+
+    async def _own(self, pool: str, exclusive_queue: str, deadline: float) -> AbstractChannel:
+        """A channel that owns `exclusive_queue`, once no other connection does."""
         pause = LOCK_RETRY_S[0]
         while True:
             channel = await self.connection.channel()
             try:
                 # Not robust: a connection made again must not take the lock back by itself.
-                await channel.declare_queue(
-                    self.topo.parking_lock_queue(pool), exclusive=True, robust=False
-                )
+                await channel.declare_queue(exclusive_queue, exclusive=True, robust=False)
                 return channel
             except aiormq.exceptions.ChannelLockedResource:
                 pass  # another connection works this parking lot (RabbitMQ closed the channel)

@@ -174,6 +174,10 @@ class Topology:
             raise ValueError(f"invalid pool name {pool!r}")
         return f"{self.namespace}.lock.parked.{pool}"
 
+    def parking_turn_queue(self, pool: str) -> str:
+        """The queue whose exclusive owner is next in line for the pool's parking lot."""
+        return f"{self.parking_lock_queue(pool)}.next"
+
     def delay_queue(self, pool: str, delay_ms: int, priority: str | None = None) -> str:
         return f"{self.queue_of(pool, priority)}.delay.{delay_ms}"
 

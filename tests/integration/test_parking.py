@@ -108,6 +108,44 @@ async def test_a_replay_beside_a_listing_finds_every_task(
     assert namespace.queue_depth(namespace.topo.pool_queue(POOL)) == PARKED
 
 
+async def test_a_replay_waits_its_turn_beside_a_holder_that_takes_the_lock_straight_back(
+    namespace: Namespace, connections: contextlib.AsyncExitStack
+) -> None:
+    lister = await _lots(namespace, await _connect(namespace, connections))
+    replayer = await _lots(namespace, await _connect(namespace, connections))
+    ids = await _park(lister, 3)
+    holds = 0
+    holding = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def hold_again_and_again() -> None:
+        # A listing that takes the lot again the moment it lets it go: the lock is free only
+        # for the few milliseconds in between, where a replay's tries seldom fall.
+        nonlocal holds
+        while not stop.is_set():
+            async with lister._held(POOL):
+                holds += 1
+                holding.set()
+                await asyncio.sleep(0.3)
+
+    holder = asyncio.create_task(hold_again_and_again())
+    replayed, holds_while_waiting = [], []
+    try:
+        await asyncio.wait_for(holding.wait(), 10)
+        for task_id in ids:
+            holds_before = holds
+            replayed.append(await replayer.replay([POOL], task_id))
+            holds_while_waiting.append(holds - holds_before)
+    finally:
+        stop.set()
+        await holder
+    # Each replay waits for the hold it found, and at most one that began as it came. Without
+    # the turn, a replay got in only when a try fell in a gap: after many holds, or never.
+    assert max(holds_while_waiting) <= 1, holds_while_waiting
+    assert replayed == [1, 1, 1]
+    assert await lister.peek([POOL]) == []
+
+
 async def test_a_purge_beside_a_listing_drops_what_the_listing_held(
     namespace: Namespace, connections: contextlib.AsyncExitStack
 ) -> None:
