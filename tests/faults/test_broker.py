@@ -68,9 +68,9 @@ def test_the_bus_rides_out_a_broker_restart_and_a_crash(
     private_rabbit.one_consumer(bus.namespace.topo.tracker_queue)
 
 
-def _tracker_queue_exists(bus: Bus) -> bool:
+def _queue_exists(bus: Bus, queue: str) -> bool:
     try:
-        bus.namespace.queue_depth(bus.namespace.topo.tracker_queue)
+        bus.namespace.queue_depth(queue)
     except pika.exceptions.ChannelClosedByBroker:
         return False
     return True
@@ -89,13 +89,41 @@ def test_the_tracker_consumes_again_after_its_queue_was_deleted(bus: Bus) -> Non
     finally:
         channel.connection.close()
 
-    wait_for(lambda: _tracker_queue_exists(bus), timeout=30, what="the tracker queue again")
+    wait_for(
+        lambda: _queue_exists(bus, bus.namespace.topo.tracker_queue),
+        timeout=30,
+        what="the tracker queue again",
+    )
     later = send_task(bus, "echo")
     done = wait_for(lambda: finished(bus, later), timeout=30, what="a later task recorded")
     assert done["task_status"] == "completed"
     assert all(p.popen.poll() is None for p in bus.procs)
     if _local_broker(bus):
         one_consumer(bus.namespace.topo.tracker_queue)
+
+
+def test_a_child_consumes_again_after_its_pool_queue_was_deleted(bus: Bus) -> None:
+    """RabbitMQ cancels the consumers of a deleted pool queue: the child declares the queue and
+    its binding again and consumes on, without a restart (else every later send to the pool
+    would be answered 200 and reach no queue but the tracker's)."""
+    bus.start_all()
+    first = send_task(bus, "echo")
+    wait_for(lambda: finished(bus, first), what="the first task to be recorded")
+    pool_queue = bus.namespace.topo.pool_queue("child")
+
+    channel = bus.namespace.channel()
+    try:
+        channel.queue_delete(pool_queue)
+    finally:
+        channel.connection.close()
+
+    wait_for(lambda: _queue_exists(bus, pool_queue), timeout=30, what="the pool queue again")
+    later = send_task(bus, "echo")
+    done = wait_for(lambda: finished(bus, later), timeout=30, what="a later task completed")
+    assert done["task_status"] == "completed"
+    assert all(p.popen.poll() is None for p in bus.procs)
+    if _local_broker(bus):
+        one_consumer(pool_queue)
 
 
 def _local_broker(bus: Bus) -> bool:
