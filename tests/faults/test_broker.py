@@ -68,12 +68,16 @@ def test_the_bus_rides_out_a_broker_restart_and_a_crash(
     private_rabbit.one_consumer(bus.namespace.topo.tracker_queue)
 
 
-def _queue_exists(bus: Bus, queue: str) -> bool:
+def _consumed_again(bus: Bus, queue: str) -> bool:
+    """Whether `queue` is back and consumed: declared, bound, then consumed, in that order, so
+    a send after this reaches it (the queue alone back, its binding may not be yet)."""
+    channel = bus.namespace.channel()
     try:
-        bus.namespace.queue_depth(queue)
+        return bool(channel.queue_declare(queue, passive=True).method.consumer_count)
     except pika.exceptions.ChannelClosedByBroker:
         return False
-    return True
+    finally:
+        channel.connection.close()
 
 
 def test_the_tracker_consumes_again_after_its_queue_was_deleted(bus: Bus) -> None:
@@ -90,9 +94,9 @@ def test_the_tracker_consumes_again_after_its_queue_was_deleted(bus: Bus) -> Non
         channel.connection.close()
 
     wait_for(
-        lambda: _queue_exists(bus, bus.namespace.topo.tracker_queue),
+        lambda: _consumed_again(bus, bus.namespace.topo.tracker_queue),
         timeout=30,
-        what="the tracker queue again",
+        what="the tracker queue again, consumed",
     )
     later = send_task(bus, "echo")
     done = wait_for(lambda: finished(bus, later), timeout=30, what="a later task recorded")
@@ -117,7 +121,9 @@ def test_a_child_consumes_again_after_its_pool_queue_was_deleted(bus: Bus) -> No
     finally:
         channel.connection.close()
 
-    wait_for(lambda: _queue_exists(bus, pool_queue), timeout=30, what="the pool queue again")
+    wait_for(
+        lambda: _consumed_again(bus, pool_queue), timeout=30, what="the pool queue again, consumed"
+    )
     later = send_task(bus, "echo")
     done = wait_for(lambda: finished(bus, later), timeout=30, what="a later task completed")
     assert done["task_status"] == "completed"
